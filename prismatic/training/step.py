@@ -1,0 +1,125 @@
+"""One optimisation step: micro-batches -> (CRaFT) gradients -> one all-reduce -> update.
+
+    for each micro-batch:                         (no communication)
+        out   = model(batch)                      forward; with CRaFT it also returns Φ(θ; x)
+        L_act = out.loss / G
+        [CRaFT] Φ0 = anchor(batch) (no_grad, θ0);  L_ret = MSE(Φ, Φ0) / G;  g_ret += ∇L_ret (graph kept)
+        L_act.backward()                          g_act accumulates in .grad
+    all-reduce mean of [g_act, g_ret, step losses] across ranks    (one coalesced call)
+    [CRaFT] g = project(g_act, g_ret) + λ g_ret                     (identical on every rank)
+    clip (optional) -> optimizer.step -> scheduler.step
+    [CRaFT] λ <- clip(λ + η (L̄_ret - ε), 0, λ_max)
+
+Every rank applies the same update computed from the same averaged gradients, so N ranks x B equals one
+process on the global batch, and G micro-batches of B/G equal one batch of B.
+The host reads device values once per step (losses, norms and CRaFT statistics together).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from prismatic.training.distributed import DistInfo, all_reduce_mean_
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "proprio", "actions")
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs besides the batch; built once by `train()`."""
+
+    model: torch.nn.Module  # the (peft-wrapped) VLAAdapter; called directly (no DDP wrapper, see distributed.py)
+    params: list[torch.nn.Parameter]  # trainable parameters, fixed order (the order of the gradient buffers)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dist: DistInfo
+    grad_accumulation_steps: int
+    max_grad_norm: float | None
+    autocast_dtype: torch.dtype | None  # None = fp32
+    craft: object | None = None  # prismatic.training.craft.CraftRuntime when --use_craft
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _autocast(ctx: StepContext):
+    if ctx.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=ctx.dist.device.type, dtype=ctx.autocast_dtype)
+
+
+def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
+    """Run one optimizer step over `micro_batches` (already on the device). Returns host-side metrics."""
+    if len(micro_batches) != ctx.grad_accumulation_steps:
+        raise ValueError(f"expected {ctx.grad_accumulation_steps} micro-batches, got {len(micro_batches)}")
+    g = ctx.grad_accumulation_steps
+    craft = ctx.craft
+    device = ctx.dist.device
+    # Per-step loss sums (device tensors; summed over micro-batches, divided by G).
+    loss_sum = torch.zeros(4, device=device)  # [L_act, curr L1, next L1, L_ret]
+
+    for batch in micro_batches:
+        inputs = {k: batch[k] for k in MODEL_INPUT_KEYS}
+        with _autocast(ctx):
+            out = ctx.model(**inputs, output_craft_features=craft is not None,
+                            craft_layer_idx=craft.layer_idx if craft is not None else None)
+        loss_act = out.loss.float() / g
+        loss_sum[0] += loss_act.detach()
+        loss_sum[1] += out.curr_action_l1.detach().float() / g
+        loss_sum[2] += out.next_actions_l1.detach().float() / g
+
+        # ======================= CRaFT: retention gradient (micro-batch) =======================
+        if craft is not None:
+            with _autocast(ctx):
+                loss_ret = craft.retention_loss(out, batch) / g
+            craft.accumulate_retention_grad(loss_ret, ctx.params)  # autograd.grad, graph retained
+            loss_sum[3] += loss_ret.detach().float()
+        # ========================================================================================
+        loss_act.backward()
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ctx.params]
+    sync = grads + [loss_sum]
+    if craft is not None:
+        sync += craft.retention_grads()
+    all_reduce_mean_(sync, ctx.dist)
+
+    # ======================= CRaFT: projection + combination (per step) ========================
+    craft_stats = None
+    if craft is not None:
+        grads, craft_stats = craft.combine(grads)  # g = project(g_act, g_ret) + λ g_ret
+    # ============================================================================================
+    for p, grad in zip(ctx.params, grads):
+        p.grad = grad
+
+    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr.float()) for gr in grads]))
+    if ctx.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(ctx.params, ctx.max_grad_norm, foreach=True)
+
+    # One host sync per step: losses, norm and CRaFT statistics together.
+    device_values = [loss_sum, grad_norm.reshape(1)]
+    if craft_stats is not None:
+        device_values.append(craft_stats)
+    host = torch.cat([v.float().reshape(-1) for v in device_values]).tolist()
+    l_act, curr_l1, next_l1, l_ret, norm = host[:5]
+    if not math.isfinite(l_act) or (craft is not None and not math.isfinite(l_ret)):
+        raise FloatingPointError(
+            f"non-finite loss at optimizer step {ctx.scheduler.last_epoch}: action loss {l_act}, "
+            f"retention loss {l_ret}; stopping (the last checkpoint is intact)"
+        )
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"non-finite gradient norm ({norm}) at optimizer step {ctx.scheduler.last_epoch}")
+
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+
+    metrics = {"loss": l_act, "curr_action_l1": curr_l1, "next_actions_l1": next_l1, "grad_norm": norm, "lr": lr}
+    if craft is not None:
+        metrics.update(craft.after_step(l_ret, host[5:]))  # dual ascent on the global mean L_ret + metrics
+    return metrics

@@ -1,0 +1,29 @@
+"""Suite-wide settings: nothing is downloaded, W&B stays off, and shared tiny fixtures."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import prismatic  # noqa: E402,F401  (torch before tensorflow in this process)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    from prismatic.models.processing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_root(tmp_path_factory):
+    """A small generated LIBERO-format RLDS dataset (`libero_synthetic`), built once per test session."""
+    from prismatic.vla.datasets.synthetic import ensure_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("rlds")
+    ensure_synthetic_dataset(root, name="libero_synthetic")
+    return root

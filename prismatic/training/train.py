@@ -130,9 +130,10 @@ def build_model(cfg: FinetuneConfig, vla_config: VLAConfig, device: torch.device
     from prismatic.models.vla import VLAAdapter
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and across resumes
-    model = VLAAdapter(vla_config)
     if cfg.model_preset in ("vla-adapter", "vla-adapter-pro"):
-        load_base_vlm(model, cfg.vlm_path)
+        model = load_base_vlm(cfg.vlm_path, vla_config)  # queries, head, proprio projector: seeded random init
+    else:
+        model = VLAAdapter(vla_config)
     model.to(device)
     if cfg.use_lora:
         model = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha or 2 * cfg.lora_rank, dropout=cfg.lora_dropout)

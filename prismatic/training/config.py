@@ -86,6 +86,7 @@ class FinetuneConfig:
     craft_normalize_parts: bool = False          # divide each feature part by its anchor RMS before the MSE
     craft_anchor_cache: bool = False             # cache anchor features per sample (only valid with image_aug False)
     craft_log_freq: int = 10                     # CRaFT metric window / logging period (optimizer steps)
+    monitor_retention: bool = False              # baseline runs: compute and log L_ret against θ0 without constraining it
     # fmt: on
 
     def __post_init__(self) -> None:
@@ -143,10 +144,6 @@ class FinetuneConfig:
             enabled=self.use_craft,
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("craft_")},
         )
-
-    @property
-    def resolved_precision(self) -> str:
-        return self.precision
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -82,8 +82,10 @@ def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
         # ========================================================================================
         loss_act.backward()
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ctx.params]
-    sync = grads + [loss_sum]
+    # Gradients that are None (parameters outside the graph, e.g. the last ViT block) stay None: which
+    # parameters get a gradient is fixed by the graph, so it is identical on every rank.
+    grads = [p.grad for p in ctx.params]
+    sync = [gr for gr in grads if gr is not None] + [loss_sum]
     if craft is not None:
         sync += craft.retention_grads()
     all_reduce_mean_(sync, ctx.dist)
@@ -94,9 +96,10 @@ def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
         grads, craft_stats = craft.combine(grads)  # g = project(g_act, g_ret) + λ g_ret
     # ============================================================================================
     for p, grad in zip(ctx.params, grads):
-        p.grad = grad
+        p.grad = None if grad is None else grad.to(p.dtype)
 
-    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr.float()) for gr in grads]))
+    present = [gr for gr in grads if gr is not None]
+    grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([gr.float() for gr in present])))
     if ctx.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(ctx.params, ctx.max_grad_norm, foreach=True)
 

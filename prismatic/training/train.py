@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 RESUME_MUST_MATCH = (
     "model_preset", "dataset_name", "batch_size", "grad_accumulation_steps", "use_lora", "lora_rank", "lora_alpha",
     "use_pro_version", "use_proprio", "use_craft", "craft_anchor_type", "craft_anchor_layer_idx", "n_shot_per_task",
-    "seed", "image_aug",
+    "seed", "image_aug", "monitor_retention",
 )
 
 
@@ -224,7 +224,7 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
     run_root = Path(cfg.run_root_dir)
     run_dir = run_root / run_id
     vla_config = model_config_for(cfg)
-    if cfg.use_craft:
+    if cfg.use_craft or cfg.monitor_retention:
         cfg.craft_config().validate_against_model(vla_config.llm.num_hidden_layers)
     autocast_dtype = None
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if info.device.type == "cuda" else "fp32")
@@ -254,10 +254,11 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
 
     # ---- CRaFT: θ0 is the state at the START of fine-tuning, captured before any resume restore ----
     craft = None
-    if cfg.use_craft:
+    if cfg.use_craft or cfg.monitor_retention:
         from prismatic.training.craft.runtime import CraftRuntime
 
-        craft = CraftRuntime.from_initial_model(model, cfg.craft_config(), vla_config, params)
+        craft = CraftRuntime.from_initial_model(model, cfg.craft_config(), vla_config, params,
+                                                monitor_only=not cfg.use_craft)
     if loaded is not None:
         _restore_weights(model, loaded, cfg)
 

@@ -1,0 +1,130 @@
+"""CRaFT inside the training step: the `.grad` plumbing around the pure pieces.
+
+`train_step` (prismatic/training/step.py) calls, in its clearly marked CRaFT blocks:
+
+    per micro-batch   retention_loss(out, batch)          Φ(θ; x) from the step's forward vs Φ(θ0; x)
+                      accumulate_retention_grad(L_ret)     g_ret += ∇L_ret (autograd.grad, graph kept for L_act)
+    per step          retention_grads()                    joins the one coalesced all-reduce with g_act
+                      combine(g_act)                       g = project(g_act, g_ret) + λ g_ret  (projection.py)
+                      after_step(L̄_ret, host stats)        dual ascent on λ (dual.py) + metrics
+
+The pure math (features.py, projection.py, dual.py) never touches `.grad`; θ0 lives in anchor.py.
+`monitor_only` computes and logs L_ret for a baseline run without constraining it (used to measure the
+representation drift that plain fine-tuning reaches).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prismatic.models.config import VLAConfig
+from prismatic.training.craft.anchor import AnchorModel
+from prismatic.training.craft.config import CraftConfig
+from prismatic.training.craft.dual import ConflictRatioMeter, DualState
+from prismatic.training.craft.features import pool_features, retention_loss
+from prismatic.training.craft.projection import ProjectionStats, combine, measure_conflicts, project_conflicting
+
+log = logging.getLogger(__name__)
+
+
+class CraftRuntime:
+    def __init__(self, config: CraftConfig, anchor: AnchorModel, model: nn.Module, layer_idx: int,
+                 monitor_only: bool = False) -> None:
+        self.config = config
+        self.anchor = anchor
+        self.model = model
+        self.layer_idx = layer_idx
+        self.monitor_only = monitor_only
+        # λ lives on the host (float64): the dual update then needs no device read, and combine() takes it
+        # as a plain number.
+        self.dual = DualState.from_config(config, device="cpu")
+        self.meter = ConflictRatioMeter()
+        self.window_conflict_ratio = 0.0  # conflict ratio of the last completed log window
+        self._g_ret: list[Tensor | None] | None = None
+        self._num_stats = len(ProjectionStats.field_names())
+
+    @classmethod
+    def from_initial_model(cls, model: nn.Module, config: CraftConfig, vla_config: VLAConfig,
+                           params: list[nn.Parameter], monitor_only: bool = False) -> CraftRuntime:
+        """Snapshot θ0 from `model` as it is now (call before any step and before restoring a checkpoint)."""
+        layer = config.resolve_anchor_layer(vla_config.llm.num_hidden_layers)
+        anchor = AnchorModel.from_initial_state(model, layer, pooling=config.pooling, use_cache=config.anchor_cache)
+        return cls(config, anchor, model, layer, monitor_only=monitor_only)
+
+    # ---- per micro-batch ----
+    def retention_loss(self, out: Any, batch: Mapping[str, Any]) -> Tensor:
+        """L_ret = MSE(Φ(θ; x), Φ(θ0; x)) for this micro-batch (scalar fp32, differentiable in θ)."""
+        current = pool_features(out.raw_latent_features, out.action_query_features, self.config.pooling)
+        anchor = self.anchor.anchor_features(self.model, batch, batch.get("sample_keys"))
+        return retention_loss(current, anchor, self.config.anchor_type, self.config.normalize_parts).loss
+
+    def accumulate_retention_grad(self, loss_ret: Tensor, params: list[nn.Parameter]) -> None:
+        """g_ret += ∇L_ret over `params`, leaving `.grad` (g_act) untouched; keeps the graph for L_act."""
+        if self.monitor_only:
+            return
+        grads = torch.autograd.grad(loss_ret, params, retain_graph=True, allow_unused=True)
+        if self._g_ret is None:
+            self._g_ret = [None if g is None else g.detach() for g in grads]
+            return
+        have = [i for i, g in enumerate(grads) if g is not None]
+        if any(self._g_ret[i] is None for i in have):
+            raise RuntimeError("the set of parameters receiving a retention gradient changed between micro-batches")
+        torch._foreach_add_([self._g_ret[i] for i in have], [grads[i] for i in have])
+
+    # ---- per optimizer step ----
+    def retention_grads(self) -> list[Tensor]:
+        """The accumulated g_ret tensors, for the step's all-reduce (averaged in place)."""
+        return [] if self._g_ret is None else [g for g in self._g_ret if g is not None]
+
+    def combine(self, g_act: list[Tensor | None]) -> tuple[list[Tensor | None], Tensor]:
+        """g = g_act' + λ g_ret (g_act' projected unless disabled) and the projection statistics (device)."""
+        if self.monitor_only:
+            return g_act, torch.zeros(0)
+        g_ret, self._g_ret = self._g_ret, None
+        if g_ret is None:
+            raise RuntimeError("CRaFT combine() called without a retention gradient for this step")
+        if self.config.enable_projection:
+            projected, stats = project_conflicting(g_act, g_ret, self.config.projection_eps,
+                                                   self.config.projection_granularity)
+        else:
+            projected, stats = g_act, measure_conflicts(g_act, g_ret, self.config.projection_granularity)
+        grads = combine(projected, g_ret, float(self.dual.lam))
+        return grads, stats.as_tensor()
+
+    def after_step(self, mean_retention_loss: float, host_stats: list[float]) -> dict[str, float]:
+        """Dual ascent with the step's global mean L̄_ret and the step's CRaFT metrics."""
+        metrics = {"retention_loss": mean_retention_loss}
+        if self.monitor_only:
+            return metrics
+        stats = ProjectionStats.to_host_dict(host_stats[: self._num_stats])
+        self.dual.update(mean_retention_loss)
+        self.meter.update(int(stats["num_conflicting"]), int(stats["num_both"]))
+        if self.dual.num_updates % self.config.log_freq == 0:
+            self.window_conflict_ratio = self.meter.compute_and_reset()
+        metrics.update({
+            "lambda": float(self.dual.lam),
+            "conflict_ratio": self.window_conflict_ratio,
+            "grad_cosine": stats["cosine"],
+            "projection_energy_removed": stats["energy_removed"],
+        })
+        return metrics
+
+    # ---- checkpointing ----
+    def state_dict(self) -> dict[str, Any]:
+        return {"dual": self.dual.state_dict(), "meter": self.meter.state_dict(),
+                "window_conflict_ratio": self.window_conflict_ratio, "anchor": self.anchor.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore λ, the metric window and θ0 exactly as saved (θ0 is never re-snapshotted on resume)."""
+        if state is None:
+            raise ValueError("the checkpoint has no CRaFT state; it was written by a run without --use_craft")
+        self.dual.load_state_dict(state["dual"])
+        self.meter.load_state_dict(state["meter"])
+        self.window_conflict_ratio = float(state["window_conflict_ratio"])
+        self.anchor = AnchorModel.from_state_dict(self.model, state["anchor"], self.layer_idx,
+                                                  pooling=self.config.pooling, use_cache=self.config.anchor_cache)

@@ -29,7 +29,8 @@ def worker(args) -> None:
 
     import prismatic  # noqa: F401
     from prismatic.models.config import get_preset
-    from prismatic.models.processing import VLAProcessor, build_tiny_tokenizer
+    from prismatic.models.processing import build_tiny_tokenizer
+    from prismatic.models.random_inputs import random_batch
     from prismatic.models.vla import VLAAdapter
     from prismatic.training.distributed import cleanup_distributed, init_distributed
     from prismatic.training.lora import apply_lora, trainable_named_parameters
@@ -40,14 +41,7 @@ def worker(args) -> None:
     cfg = get_preset(args.preset)
     with tempfile.TemporaryDirectory() as d:
         tok = build_tiny_tokenizer(d, vocab_size=cfg.llm.vocab_size)
-    proc = VLAProcessor(tok, cfg.vision.image_size, 2, cfg.num_action_queries)
-    rng = np.random.default_rng(info.rank)
-    samples = [proc([rng.integers(0, 256, (cfg.vision.image_size,) * 2 + (3,), dtype=np.uint8)] * 2,
-                    "pick up the red cube and place it in the basket") for _ in range(args.batch_size)]
-    ids, mask = proc.collate_text([s["input_ids"] for s in samples])
-    batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
-             "proprio": torch.zeros(args.batch_size, cfg.proprio_dim),
-             "actions": torch.zeros(args.batch_size, cfg.num_actions_chunk, cfg.action_dim)}
+    batch = random_batch(cfg, tok, args.batch_size, np.random.default_rng(info.rank))
     batch = {k: v.to(info.device) for k, v in batch.items()}
     torch.manual_seed(0)
     model = apply_lora(VLAAdapter(cfg).to(info.device), rank=8, alpha=16, dropout=0.0)

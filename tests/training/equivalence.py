@@ -17,14 +17,12 @@ import torch
 
 import prismatic  # noqa: F401
 from prismatic.models.config import get_preset
-from prismatic.models.processing import VLAProcessor, build_tiny_tokenizer
+from prismatic.models.processing import build_tiny_tokenizer
+from prismatic.models.random_inputs import random_batch
 from prismatic.training.distributed import DistInfo, broadcast_parameters_, cleanup_distributed, init_distributed
-from prismatic.training.lora import apply_lora, base_module, trainable_named_parameters
+from prismatic.training.lora import apply_lora, trainable_named_parameters
 from prismatic.training.schedule import make_scheduler
 from prismatic.training.step import StepContext, train_step
-
-INSTRUCTIONS = ["pick up the red cube", "put the bowl on the plate and the cream cheese in the basket",
-                "open the drawer", "move to the blue object"]
 
 
 def tiny_config():
@@ -37,24 +35,8 @@ def make_global_batches(num_steps: int, global_batch: int, seed: int = 0) -> lis
     cfg = tiny_config()
     with tempfile.TemporaryDirectory() as d:
         tok = build_tiny_tokenizer(d, vocab_size=cfg.llm.vocab_size)
-    proc = VLAProcessor(tok, cfg.vision.image_size, cfg.num_images_in_input, cfg.num_action_queries)
     rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(num_steps):
-        samples = []
-        for i in range(global_batch):
-            imgs = [rng.integers(0, 256, (cfg.vision.image_size,) * 2 + (3,), dtype=np.uint8) for _ in range(2)]
-            samples.append(proc(imgs, INSTRUCTIONS[int(rng.integers(len(INSTRUCTIONS)))]))
-        ids, mask = proc.collate_text([s["input_ids"] for s in samples])
-        batches.append({
-            "input_ids": ids,
-            "attention_mask": mask,
-            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
-            "proprio": torch.from_numpy(rng.uniform(-1, 1, (global_batch, cfg.proprio_dim)).astype(np.float32)),
-            "actions": torch.from_numpy(rng.uniform(-1, 1, (global_batch, cfg.num_actions_chunk, cfg.action_dim))
-                                        .astype(np.float32)),
-        })
-    return batches
+    return [random_batch(cfg, tok, global_batch, rng) for _ in range(num_steps)]
 
 
 def slice_batch(batch: dict, start: int, stop: int) -> dict:

@@ -17,7 +17,7 @@ the unwrapped model at θ0. Two modes:
 
 Frozen parameters are never copied: nothing changes them. Parameters of modules that do not influence
 Φ (action head, proprio projector) are not copied either. The snapshot lives on the training device and
-is substituted with `torch.func.functional_call` (restored by torch in a `finally`), so no weights move
+is swapped in for the forward (parameter `.data` only, restored in a `finally`), so no weights move
 per step. A resumed run restores the snapshot saved at the start (`from_state_dict`): it never snapshots
 the weights it just loaded.
 
@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prismatic.training.craft.config import POOLINGS
 from prismatic.training.craft.features import PooledFeatures, pool_features
 
 log = logging.getLogger(__name__)
@@ -141,25 +142,51 @@ def _phi_parameters(base: nn.Module, mode: str, exclude_prefixes: Sequence[str])
     }
 
 
-def _has_shared_parameters(base: nn.Module, names: set[str]) -> bool:
-    """Whether any of `names` is one of several names for the same tensor (e.g. tied embeddings)."""
-    by_id: dict[int, int] = {}
-    for _, p in base.named_parameters(remove_duplicate=False):
-        by_id[id(p)] = by_id.get(id(p), 0) + 1
-    params = dict(base.named_parameters())
-    return any(by_id[id(params[n])] > 1 for n in names)
+@contextmanager
+def _eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Eval mode for the duration, then every sub-module's own flag restored (not a blanket .train()).
+    Takes the module list cached at the first forward: walking the tree each step is measurable overhead."""
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        yield
+    finally:
+        for m, training in zip(modules, flags):
+            m.training = training
 
 
 @contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, then every sub-module's own flag restored (not a blanket .train())."""
-    flags = [(m, m.training) for m in module.modules()]
+def _adapters_disabled(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Bypass every peft adapter layer for the duration (what `PeftModel.disable_adapter()` does for LoRA:
+    each layer's forward returns its base layer's output), restoring each layer's own flag.
+
+    peft's context manager also re-scans the whole model twice per call (adapter status checks), which
+    costs more than the forward itself for small models; the layer list here is collected once.
+    """
+    flags = [layer._disable_adapters for layer in layers]
     try:
-        module.eval()
+        for layer in layers:
+            layer._disable_adapters = True
         yield
     finally:
-        for m, training in flags:
-            m.training = training
+        for layer, flag in zip(layers, flags):
+            layer._disable_adapters = flag
+
+
+@contextmanager
+def _swapped_parameters(pairs: Sequence[tuple[nn.Parameter, Tensor]]) -> Iterator[None]:
+    """Give each parameter the θ0 value for the duration (same device: no copy), restored in `finally`.
+    Only `.data` is swapped: the Parameter objects (and any graph that holds them) stay the same, and the
+    values are back before the training backward reads them."""
+    saved = [p.data for p, _ in pairs]
+    try:
+        for p, value in pairs:
+            p.data = value
+        yield
+    finally:
+        for (p, _), data in zip(pairs, saved):
+            p.data = data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -240,13 +267,17 @@ class AnchorModel:
     ) -> None:
         if mode not in ANCHOR_MODES:
             raise ValueError(f"unknown anchor mode {mode!r}; choose one of {ANCHOR_MODES}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or layer_idx < 0:
+            raise ValueError(f"anchor layer index must be an integer >= 0, got {layer_idx!r} "
+                             "(resolve it with CraftConfig.resolve_anchor_layer)")
         self.mode = mode
         self.snapshot = snapshot  # name (relative to the VLA module) -> frozen θ0 value on the training device
         self.layer_idx = layer_idx
         self.pooling = pooling
         self.exclude_prefixes = tuple(exclude_prefixes)
         self.cache = AnchorFeatureCache() if use_cache else None
-        self._tie_weights: bool | None = None  # decided on the first forward (needs the model)
         self._verified_model: int | None = None
 
     # ---- construction ----
@@ -262,6 +293,9 @@ class AnchorModel:
         """Snapshot θ0 from `model` as it is NOW: call once, at the start of fine-tuning, before any step."""
         model = unwrap_model(model)
         base = _base_module(model)
+        meta = [n for n, p in base.named_parameters() if p.device.type == "meta"]
+        if meta:
+            raise ValueError(f"cannot snapshot θ0 from parameters on the meta device: {meta[:5]}")
         mode = "snapshot"
         if _is_peft_model(model):
             ok, reason = lora_b_is_zero(base)
@@ -274,9 +308,6 @@ class AnchorModel:
                     "snapshot of all trainable parameters that influence the features (LoRA included)", reason
                 )
         params = _phi_parameters(base, mode, exclude_prefixes)
-        meta = [n for n, p in params.items() if p.device.type == "meta"]
-        if meta:
-            raise ValueError(f"cannot snapshot θ0 from parameters on the meta device: {meta[:5]}")
         with torch.no_grad():
             snapshot = {name: p.detach().clone() for name, p in params.items()}
         anchor = cls(mode, snapshot, layer_idx, pooling, use_cache, exclude_prefixes)
@@ -377,7 +408,12 @@ class AnchorModel:
         if moved:
             raise ValueError(f"CRaFT anchor snapshot tensors differ in device/shape from the model's: {moved[:10]} "
                              "(build the anchor after moving the model to its training device)")
-        self._tie_weights = _has_shared_parameters(base, set(self.snapshot))
+        # Handles reused by every anchor forward (collected once per model).
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._modules = list(base.modules())
+        self._adapter_layers = [m for m in self._modules if isinstance(m, BaseTunerLayer)]
+        self._snapshot_pairs = [(params[n], t) for n, t in self.snapshot.items()]
         self._verified_model = id(model)
 
     @torch.no_grad()
@@ -388,15 +424,9 @@ class AnchorModel:
         if self._verified_model != id(model):
             self._verify(model, base)
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
-        adapters_off = model.disable_adapter() if self.mode == "disable_adapters" else nullcontext()
-        with adapters_off, _eval_mode(base):
-            kwargs = dict(inputs, output_craft_features=True, craft_layer_idx=self.layer_idx)
-            if self.snapshot:
-                # A shallow copy: functional_call writes the swapped tensors back into the dict it gets.
-                out = torch.func.functional_call(base, dict(self.snapshot), args=(), kwargs=kwargs,
-                                                 tie_weights=bool(self._tie_weights), strict=False)
-            else:
-                out = base(**kwargs)
+        adapters_off = _adapters_disabled(self._adapter_layers) if self.mode == "disable_adapters" else nullcontext()
+        with adapters_off, _eval_mode(self._modules), _swapped_parameters(self._snapshot_pairs):
+            out = base(**inputs, output_craft_features=True, craft_layer_idx=self.layer_idx)
         raw, aq = getattr(out, "raw_latent_features", None), getattr(out, "action_query_features", None)
         if raw is None or aq is None:
             raise RuntimeError("the model returned no CRaFT features (raw_latent_features / action_query_features) "

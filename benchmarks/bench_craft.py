@@ -1,0 +1,300 @@
+"""CRaFT overhead, side by side: baseline vs our CRaFT vs a reference CRaFT as its authors describe it.
+
+    python benchmarks/bench_craft.py [--presets tiny mid] [--batch_size 2] [--steps 8] [--warmup 3]
+
+Methods (same model, same batch, interleaved step by step, median of --steps after --warmup):
+    baseline      plain fine-tuning step (LoRA + head), prismatic.training.step.train_step
+    craft         our CRaFT: anchor forward with adapters disabled (LoRA branch skipped), g_ret by
+                  autograd.grad, foreach-batched projection, constant host syncs
+    craft-noproj  ours with the projection off (g = g_act + λ g_ret)
+    craft-cache   ours with the anchor-feature cache (valid without image augmentation), cache warm
+    reference     the published recipe: copy the initial trainable weights from a CPU copy into the model
+                  for the anchor forward and back, L_ret.backward(retain_graph=True) and clone every .grad
+                  into a dict, L_act.backward() and clone again, then a Python loop over parameters with a
+                  per-tensor `if dot < 0` (a host sync per tensor)
+
+Before timing, ours and the reference take one step from the same state (deep-copied model and optimizer)
+and must give the same parameters (max abs difference <= 1e-6).
+Peak memory: each method runs alone in a subprocess (peak RSS on CPU, max allocated on CUDA).
+Gradient combination: time of CRaFT's projection + combination on the step's real gradients, as a share of
+the CRaFT step; host syncs: tensor->host reads during one train_step, counted for tiny and mid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import prismatic  # noqa: F401
+from prismatic.models.config import get_preset
+from prismatic.models.processing import build_tiny_tokenizer
+from prismatic.models.random_inputs import random_batch
+from prismatic.models.vla import VLAAdapter
+from prismatic.training.config import FinetuneConfig
+from prismatic.training.craft.features import pool_features, retention_loss
+from prismatic.training.craft.runtime import CraftRuntime
+from prismatic.training.distributed import DistInfo
+from prismatic.training.lora import apply_lora, trainable_named_parameters
+from prismatic.training.schedule import make_scheduler
+from prismatic.training.step import StepContext, train_step
+
+METHODS = ("baseline", "craft", "craft-noproj", "craft-cache", "reference")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Setup:
+    """A model (LoRA r=8), its optimizer, one fixed batch, and the CRaFT runtime for one method."""
+
+    def __init__(self, preset: str, batch_size: int, method: str, seed: int = 0):
+        self.device = _device()
+        cfg = get_preset(preset)
+        cfg.action_head.train_noise_std = 0.0  # deterministic, so ours and the reference can be compared
+        self.config = cfg
+        with tempfile.TemporaryDirectory() as d:
+            tok = build_tiny_tokenizer(d, vocab_size=cfg.llm.vocab_size)
+        self.batch = {k: v.to(self.device) for k, v in
+                      random_batch(cfg, tok, batch_size, np.random.default_rng(seed)).items()}
+        self.batch["sample_keys"] = [f"sample-{i}" for i in range(batch_size)]
+        torch.manual_seed(seed)
+        self.model = apply_lora(VLAAdapter(cfg).to(self.device), rank=8, alpha=16, dropout=0.0)
+        self.named = trainable_named_parameters(self.model)
+        self.params = [p for _, p in self.named]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
+        self.info = DistInfo(0, 0, 1, self.device)
+        self.method = method
+        self.autocast = torch.bfloat16 if self.device.type == "cuda" else None
+        craft = None
+        if method != "baseline":
+            flags = dict(model_preset=preset, use_craft=True, craft_retention_budget=0.0,
+                         craft_enable_projection=method != "craft-noproj",
+                         craft_anchor_cache=method == "craft-cache", image_aug=method != "craft-cache")
+            craft = CraftRuntime.from_initial_model(self.model, FinetuneConfig(**flags).craft_config(), cfg,
+                                                    self.params)
+        self.craft = craft
+        # The reference keeps θ0 as a CPU copy of every trainable tensor (as the original recipe does).
+        self.theta0_cpu = {n: p.detach().to("cpu", copy=True) for n, p in self.named}
+        self.lam = 1.0
+        self.ctx = StepContext(model=self.model, params=self.params, optimizer=self.optimizer,
+                               scheduler=make_scheduler(self.optimizer, 0, 10**9), dist=self.info,
+                               grad_accumulation_steps=1, max_grad_norm=None, autocast_dtype=self.autocast,
+                               craft=craft)
+        self.model.train()
+
+    def step(self) -> None:
+        if self.method == "reference":
+            reference_step(self)
+        else:
+            train_step(self.ctx, [self.batch])
+
+    def drift(self, steps: int = 2) -> None:
+        """Move away from θ0 (at θ0, g_ret = 0 and there is nothing to project)."""
+        with torch.no_grad():
+            for p in self.params:
+                p.add_(torch.randn_like(p) * 1e-2)
+        for _ in range(steps):
+            self.step()
+
+
+def reference_step(s: Setup) -> None:
+    """The CRaFT step as described by its authors (see module docstring)."""
+    inputs = {k: s.batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "proprio")}
+    layer = s.config.llm.num_hidden_layers // 2
+    current = {n: p.detach().clone() for n, p in s.named}
+    with torch.no_grad():
+        for n, p in s.named:  # θ0 from the CPU copy into the model ...
+            p.copy_(s.theta0_cpu[n].to(p.device))
+        with torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else _null():
+            anchor_out = s.model(**inputs, output_craft_features=True, craft_layer_idx=layer)
+        anchor = pool_features(anchor_out.raw_latent_features, anchor_out.action_query_features, "mean")
+        for n, p in s.named:  # ... and the current weights back
+            p.copy_(current[n])
+    with torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else _null():
+        out = s.model(**inputs, actions=s.batch["actions"], output_craft_features=True, craft_layer_idx=layer)
+    feats = pool_features(out.raw_latent_features, out.action_query_features, "mean")
+    l_ret = retention_loss(feats, anchor, "concat").loss
+    s.optimizer.zero_grad(set_to_none=True)
+    l_ret.backward(retain_graph=True)
+    g_ret = {n: (p.grad.clone() if p.grad is not None else None) for n, p in s.named}
+    s.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    g_act = {n: (p.grad.clone() if p.grad is not None else None) for n, p in s.named}
+    for n, p in s.named:
+        ga, gr = g_act[n], g_ret[n]
+        if ga is None and gr is None:
+            p.grad = None
+            continue
+        if ga is not None and gr is not None:
+            dot = (ga.float() * gr.float()).sum()
+            if dot < 0:  # a host sync per tensor
+                ga = ga - dot / (gr.float().pow(2).sum() + 1e-8) * gr
+        ga = torch.zeros_like(p) if ga is None else ga
+        p.grad = ga + s.lam * (gr if gr is not None else 0)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def check_same_update(preset: str, batch_size: int) -> float:
+    """One step of ours and of the reference from the same state; returns the max abs parameter difference."""
+    ours = Setup(preset, batch_size, "craft")
+    ours.drift()
+    ref = Setup(preset, batch_size, "reference")
+    # Same state: weights, optimizer moments (deep copy: on CPU load_state_dict shares tensors) and θ0.
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(ours.named, ref.named):
+            q.copy_(p)
+    ref.optimizer.load_state_dict(copy.deepcopy(ours.optimizer.state_dict()))
+    ref.lam = float(ours.craft.dual.lam)
+    ours.step()
+    ref.step()
+    return max((p - q).abs().max().item() for (_, p), (_, q) in zip(ours.named, ref.named))
+
+
+def count_host_syncs(preset: str, batch_size: int) -> int:
+    """Tensor->host reads (item / tolist / bool / float / int) during one CRaFT train_step."""
+    s = Setup(preset, batch_size, "craft")
+    s.drift(1)
+    counter = {"n": 0}
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__float__", "__int__")}
+
+    def wrap(fn):
+        def inner(self, *a, **k):
+            counter["n"] += 1
+            return fn(self, *a, **k)
+        return inner
+
+    for name, fn in originals.items():
+        setattr(torch.Tensor, name, wrap(fn))
+    try:
+        s.step()
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+    return counter["n"]
+
+
+def combination_time(s: Setup, repeats: int = 5) -> float:
+    """Median time of projection + combination on real gradients of this setup's batch."""
+    from prismatic.training.craft.projection import combine, project_conflicting
+
+    s.drift(1)
+    g_act = [torch.randn_like(p) for p in s.params]
+    g_ret = [torch.randn_like(p) for p in s.params]
+    times = []
+    for _ in range(repeats + 1):
+        _sync(s.device)
+        t0 = time.perf_counter()
+        proj, stats = project_conflicting(g_act, g_ret, 1e-8, "tensor")
+        out = combine(proj, g_ret, 1.0)
+        torch.cat([stats.as_tensor(), out[0].reshape(-1)[:1]]).tolist()
+        _sync(s.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def peak_memory_subprocess(preset: str, batch_size: int, method: str, steps: int) -> float:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory_worker", method, "--presets", preset,
+           "--batch_size", str(batch_size), "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker {method} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def memory_worker(preset: str, batch_size: int, method: str, steps: int) -> None:
+    s = Setup(preset, batch_size, method)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(steps):
+        s.step()
+    if s.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = max(base_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+    print(json.dumps({"peak_mb": peak}))
+
+
+def bench_preset(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
+    diff = check_same_update(preset, batch_size)
+    setups = {m: Setup(preset, batch_size, m) for m in METHODS}
+    for s in setups.values():
+        s.drift(1)
+    times = {m: [] for m in METHODS}
+    for i in range(warmup + steps):
+        for m, s in setups.items():  # interleaved: drift in machine load hits every method alike
+            _sync(s.device)
+            t0 = time.perf_counter()
+            s.step()
+            _sync(s.device)
+            if i >= warmup:
+                times[m].append(time.perf_counter() - t0)
+    med = {m: statistics.median(t) for m, t in times.items()}
+    comb = combination_time(setups["craft"])
+    mem = {m: peak_memory_subprocess(preset, batch_size, m, 3) for m in ("baseline", "craft", "reference")}
+    return {"diff": diff, "median": med, "combination_s": comb, "memory_mb": mem}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "mid"])
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--memory_worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.presets[0], args.batch_size, args.memory_worker, args.steps)
+        return
+    print(f"device: {_device()}, batch {args.batch_size}, median of {args.steps} steps after {args.warmup} warm-up")
+    syncs = {p: count_host_syncs(p, args.batch_size) for p in args.presets}
+    print("host syncs per CRaFT step: " + ", ".join(f"{p}: {n}" for p, n in syncs.items())
+          + " (constant in the number of parameter tensors)")
+    results = {}
+    for preset in args.presets:
+        r = bench_preset(preset, args.batch_size, args.steps, args.warmup)
+        results[preset] = r
+        base = r["median"]["baseline"]
+        print(f"\n[{preset}] ours vs reference, one step from the same state: max |Δθ| = {r['diff']:.2e} "
+              f"({'OK' if r['diff'] <= 1e-6 else 'MISMATCH'})")
+        print(f"{'method':<14} {'step s':>8} {'x baseline':>11}")
+        for m in METHODS:
+            print(f"{m:<14} {r['median'][m]:>8.3f} {r['median'][m] / base:>11.2f}")
+        print(f"gradient combination: {r['combination_s'] * 1e3:.2f} ms = "
+              f"{100 * r['combination_s'] / r['median']['craft']:.2f}% of the CRaFT step")
+        mem = r["memory_mb"]
+        print("peak memory MB: " + ", ".join(f"{m} {v:.0f}" for m, v in mem.items())
+              + f"  (craft +{100 * (mem['craft'] / mem['baseline'] - 1):.1f}%, "
+              f"reference +{100 * (mem['reference'] / mem['baseline'] - 1):.1f}%)")
+    last = results[args.presets[-1]]["median"]
+    print(f"craft/baseline step time ratio: {last['craft'] / last['baseline']:.2f}  "
+          f"reference/baseline: {last['reference'] / last['baseline']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

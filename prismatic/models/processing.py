@@ -66,7 +66,8 @@ def pixel_values_from_images(images: Sequence[np.ndarray], image_size: int) -> t
                 f"image {i}: expected {image_size}x{image_size} (resize with the data pipeline's resize "
                 f"first), got {image.shape[0]}x{image.shape[1]}"
             )
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+        # contiguous() before the float conversion: converting the permuted view is ~100x slower.
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).contiguous().float() / 255.0  # (3, H, W)
         chunks.append((x - dino_mean) / dino_std)
         chunks.append((x - siglip_mean) / siglip_std)
     return torch.cat(chunks, dim=0)

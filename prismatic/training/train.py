@@ -168,8 +168,10 @@ def build_data(cfg: FinetuneConfig, vla_config: VLAConfig, tokenizer, info: Dist
         n_shot_per_task=cfg.n_shot_per_task,
         skip_samples=skip_samples,
     )
+    # A private generator: creating the loader's iterator draws a seed from it, and drawing from the global
+    # RNG here would shift the head-noise stream of a resumed run against an uninterrupted one.
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=PaddedCollator(processor),
-                                         num_workers=0)
+                                         num_workers=0, generator=torch.Generator().manual_seed(cfg.seed))
     return dataset, loader
 
 
@@ -282,9 +284,9 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "dataset_statistics.json").write_text(json.dumps(stats, indent=2))
-        if getattr(dataset, "selected_episodes", None):
-            (run_dir / "selected_episodes.json").write_text(json.dumps(dataset.selected_episodes, indent=2))
-            log.info("n-shot episodes: %s", dataset.selected_episodes)
+        (run_dir / "selected_episodes.json").write_text(json.dumps(dataset.selected_episodes, indent=2))
+        if cfg.n_shot_per_task:
+            log.info("n-shot episodes (%d per task): %s", cfg.n_shot_per_task, dataset.selected_episodes)
 
     logger = None
     if info.is_main:

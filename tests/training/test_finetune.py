@@ -70,12 +70,14 @@ def test_train_2n_equals_train_n_resume_n(synthetic_data_root, tmp_path, use_cra
 
 @pytest.mark.slow
 def test_loss_falls_below_constant_predictor(synthetic_data_root, tmp_path):
-    cfg = _cfg(synthetic_data_root, tmp_path, max_steps=80, save_freq=80, batch_size=8, image_aug=False,
-               learning_rate=2e-3, lr_warmup_steps=5, wandb_log_freq=5)
+    # The generated task has a plateau at the constant predictor's loss before the policy starts to use
+    # the images (~step 100 at this setting), hence 220 steps.
+    cfg = _cfg(synthetic_data_root, tmp_path, max_steps=220, save_freq=220, batch_size=8, image_aug=False,
+               learning_rate=2e-3, lr_warmup_steps=5, wandb_log_freq=5, lora_rank=8)
     result = train(cfg)
     rows = read_metrics(result.run_dir)
     first = rows[0]["loss"]
-    last = sum(r["loss"] for r in rows[-3:]) / 3
+    last = sum(r["loss"] for r in rows[-4:]) / 4
     # constant predictor: the per-dimension median of the normalised actions gives the smallest L1
     stats = json.loads((result.run_dir / "dataset_statistics.json").read_text())
     assert "libero_synthetic" in stats

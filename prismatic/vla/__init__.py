@@ -1,0 +1,1 @@
+"""Vision-language-action specifics: action/proprio normalisation and the RLDS data pipeline."""

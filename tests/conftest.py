@@ -8,8 +8,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import prismatic  # noqa: E402,F401  (torch before tensorflow in this process)
 import pytest  # noqa: E402
+
+import prismatic  # noqa: E402,F401  (torch before tensorflow in this process)
 
 
 @pytest.fixture(scope="session")

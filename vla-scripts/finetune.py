@@ -16,9 +16,10 @@ Every flag: `python vla-scripts/finetune.py --help` (docs/EXPERIMENTS_AND_TRAINI
 import logging
 import os
 
-import prismatic  # noqa: F401  (imports torch before anything that may import tensorflow)
 import draccus
 
+import prismatic  # noqa: F401  (imports torch before anything that may import tensorflow)
+from prismatic.cli import run_cli
 from prismatic.training.config import FinetuneConfig
 from prismatic.training.train import train
 
@@ -40,4 +41,4 @@ def main(cfg: FinetuneConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -64,8 +64,8 @@ VLM_COMPONENTS = ("vision_backbone", "projector", "language_model", "action_quer
 
 @dataclass
 class VLAOutput:
-    # (B, chunk, A) normalised actions predicted by the head (model dtype).
-    predicted_actions: torch.Tensor
+    # (B, chunk, A) normalised actions predicted by the head (model dtype); None with compute_actions=False.
+    predicted_actions: torch.Tensor | None
     # L1 over all chunk elements (float32 scalar); None without target actions.
     loss: torch.Tensor | None = None
     # L1 on chunk step 0 / on steps 1.. (float32 scalars); None without actions (next: also when chunk == 1).
@@ -166,9 +166,13 @@ class VLAAdapter(nn.Module):
         actions: torch.Tensor | None = None,
         output_craft_features: bool = False,
         craft_layer_idx: int | None = None,
+        compute_actions: bool = True,
     ) -> VLAOutput:
         """input_ids (B, L) long, attention_mask (B, L) bool (right-padded), pixel_values (B, 6N, H, W),
-        proprio (B, P_dim) normalised, actions (B, chunk, A) normalised or None."""
+        proprio (B, P_dim) normalised, actions (B, chunk, A) normalised or None.
+
+        compute_actions=False skips the action head (only the CRaFT features are wanted, e.g. the anchor
+        forward: the head does not influence Φ)."""
         cfg = self.config
         b = input_ids.shape[0]
         if input_ids.shape != attention_mask.shape:
@@ -179,16 +183,19 @@ class VLAAdapter(nn.Module):
         embeds, mask = self._embed(input_ids, attention_mask, pixel_values, layout)
         hidden_states = hidden_states_of(self.language_model, embeds, mask)  # n + 1 tensors (B, S, D)
 
-        # Head inputs from layers 1..n (quirk 2), at the upstream positions (quirk 1).
         p = layout.num_patches
         rows = torch.arange(b, device=input_ids.device).unsqueeze(1)
-        layers = hidden_states[1:]
-        vision_states = [h[:, :p] for h in layers]
-        query_states = [h[rows, layout.head_query_positions] for h in layers]
-        proprio_token = self._proprio_token(proprio, b)
-        predicted = self.action_head(vision_states, query_states, proprio_token)  # (B, chunk, A)
-
-        out = VLAOutput(predicted_actions=predicted)
+        if not compute_actions and actions is not None:
+            raise ValueError("actions were given but compute_actions=False: no loss can be computed")
+        out = VLAOutput(predicted_actions=None)
+        if compute_actions:
+            # Head inputs from layers 1..n (quirk 2), at the upstream positions (quirk 1).
+            layers = hidden_states[1:]
+            vision_states = [h[:, :p] for h in layers]
+            query_states = [h[rows, layout.head_query_positions] for h in layers]
+            proprio_token = self._proprio_token(proprio, b)
+            out.predicted_actions = self.action_head(vision_states, query_states, proprio_token)  # (B, chunk, A)
+        predicted = out.predicted_actions
         if actions is not None:
             expected = (b, cfg.num_actions_chunk, cfg.action_dim)
             if tuple(actions.shape) != expected:

@@ -38,7 +38,7 @@ class FinetuneConfig:
     grad_accumulation_steps: int = 1             # micro-batches per optimizer step (one gradient all-reduce per step)
     learning_rate: float = 5e-4                  # AdamW peak learning rate
     weight_decay: float = 0.01                   # AdamW weight decay (PyTorch default, as upstream)
-    lr_warmup_steps: int = 0                     # linear warmup from 10% to 100% of the LR over this many steps
+    lr_warmup_steps: int = 0                     # linear warmup from 0.1x to 1x the LR over this many steps
     num_steps_before_decay: int = 100_000        # multiply the LR by 0.1 from this optimizer step on
     max_grad_norm: float | None = None           # clip the global gradient norm to this value; None = no clipping
     max_steps: int = 200_000                     # optimizer steps to train

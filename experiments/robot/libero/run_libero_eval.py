@@ -14,6 +14,7 @@ import sys
 
 import draccus
 
+from prismatic.cli import run_cli
 from prismatic.eval.config import EvalConfig
 from prismatic.eval.runner import run_evaluation
 
@@ -28,9 +29,4 @@ def main(cfg: EvalConfig) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except draccus.utils.ParsingError as e:
-        if isinstance(e.__cause__, ValueError):  # a flag failed EvalConfig's validation: say which, plainly
-            sys.exit(f"error: {e.__cause__}")
-        raise
+    run_cli(main)

@@ -27,6 +27,7 @@ and dropout (e.g. LoRA dropout in snapshot mode) would only add noise to it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -414,6 +415,9 @@ class AnchorModel:
         self._modules = list(base.modules())
         self._adapter_layers = [m for m in self._modules if isinstance(m, BaseTunerLayer)]
         self._snapshot_pairs = [(params[n], t) for n, t in self.snapshot.items()]
+        # The head does not influence Φ: skip it when the model supports that (VLAAdapter does).
+        accepts = inspect.signature(base.forward).parameters
+        self._skip_head_kwargs = {"compute_actions": False} if "compute_actions" in accepts else {}
         self._verified_model = id(model)
 
     @torch.no_grad()
@@ -426,7 +430,8 @@ class AnchorModel:
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
         adapters_off = _adapters_disabled(self._adapter_layers) if self.mode == "disable_adapters" else nullcontext()
         with adapters_off, _eval_mode(self._modules), _swapped_parameters(self._snapshot_pairs):
-            out = base(**inputs, output_craft_features=True, craft_layer_idx=self.layer_idx)
+            out = base(**inputs, output_craft_features=True, craft_layer_idx=self.layer_idx,
+                       **self._skip_head_kwargs)
         raw, aq = getattr(out, "raw_latent_features", None), getattr(out, "action_query_features", None)
         if raw is None or aq is None:
             raise RuntimeError("the model returned no CRaFT features (raw_latent_features / action_query_features) "

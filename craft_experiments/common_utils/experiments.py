@@ -365,6 +365,10 @@ def main(argv: list[str] | None = None, runner: Runner | None = None, environ: M
     if settings.dry_run:
         print(f"# {table.title}: {len(runs)} runs, output in {settings.output_dir}", file=out)
         print("# every command runs with the repository prepended to PYTHONPATH", file=out)
+        if settings.stage in ("all", "train") and settings.model_preset in ("vla-adapter", "vla-adapter-pro") \
+                and not settings.vlm_path:
+            print(f"# WARNING: --model_preset {settings.model_preset} needs --vlm_path / CRAFT_VLM_PATH (the Prismatic "
+                  "base VLM directory); the fine-tune commands below fail without it", file=out)
         for run in runs:
             try:
                 print("\n".join(describe_run(run, settings)), file=out)

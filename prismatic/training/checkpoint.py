@@ -2,7 +2,7 @@
 
     run_root_dir/
       {run_id}/                                   run directory: metrics.jsonl, dataset_statistics.json,
-                                                  selected_episodes.json (n-shot), wandb files
+                                                  selected_episodes.json (episode ids used, per task), wandb files
       {run_id}--{step}_chkpt/                     one checkpoint (step = optimizer steps done)
         finetune_config.json                      the resolved FinetuneConfig
         vla_config.json                           model sizes (VLAConfig)

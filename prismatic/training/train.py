@@ -44,10 +44,13 @@ from prismatic.training.step import StepContext, to_device, train_step
 log = logging.getLogger(__name__)
 
 # Config fields that must match between a run and the checkpoint it resumes from.
+# The optimizer hyper-parameters are here because the optimizer/scheduler state restored from the checkpoint
+# would silently override new values; shuffle_buffer_size because the data position is replayed exactly.
 RESUME_MUST_MATCH = (
     "model_preset", "dataset_name", "batch_size", "grad_accumulation_steps", "use_lora", "lora_rank", "lora_alpha",
     "use_pro_version", "use_proprio", "use_craft", "craft_anchor_type", "craft_anchor_layer_idx", "n_shot_per_task",
-    "seed", "image_aug", "monitor_retention",
+    "seed", "image_aug", "monitor_retention", "shuffle_buffer_size", "learning_rate", "weight_decay",
+    "lr_warmup_steps", "num_steps_before_decay",
 )
 
 
@@ -241,6 +244,13 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
         path = ckpt.find_checkpoint(run_root, run_id, cfg.resume_step)
         loaded = ckpt.load_checkpoint(path, need_lora=cfg.use_lora, need_merged=not cfg.use_lora)
         _check_resume_config(cfg, loaded.finetune_config, path)
+        saved_world = len(loaded.training_state["rng"])
+        if saved_world != info.world_size:
+            raise ValueError(
+                f"cannot resume from {path}: it was written by {saved_world} process(es), this run has "
+                f"{info.world_size}; data shards and RNG streams are per rank, so resume with "
+                f"--nproc_per_node {saved_world} (or start a new run)"
+            )
         start_step = int(loaded.training_state["step"])
         if start_step >= cfg.max_steps:
             raise ValueError(f"checkpoint {path} is at step {start_step} >= --max_steps {cfg.max_steps}; nothing to do")

@@ -23,7 +23,12 @@ def test_registry_resolution():
     mixture = resolve_dataset_mixture("libero_4_task_suites_no_noops")
     assert [s.name for s, _ in mixture] == ["libero_spatial_no_noops", "libero_object_no_noops",
                                             "libero_goal_no_noops", "libero_10_no_noops"]
-    assert get_dataset_spec("libero_synthetic_k8") == libero_spec("libero_synthetic_k8")  # the naming rule
+    assert get_dataset_spec("libero_synthetic_k8") == libero_spec("libero_synthetic_k8")  # the naming rules
+    assert get_dataset_spec("libero_object_scripted") == libero_spec("libero_object_scripted")
+    assert get_dataset_spec("libero_spatial_scripted_50demos") == libero_spec("libero_spatial_scripted_50demos")
+    for unknown in ("object_scripted", "libero_objects", "bridge_scripted"):
+        with pytest.raises(ValueError, match="unknown dataset name"):
+            get_dataset_spec(unknown)
     spec = libero_spec("x")
     assert spec.image_keys == ("image", "wrist_image") and spec.proprio_dim(8) == 8 and spec.action_dim == 7
     with pytest.raises(ValueError, match="is a mixture"):

@@ -11,16 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FINETUNE = ROOT / "vla-scripts" / "finetune.py"
-EVALUATE = ROOT / "experiments" / "robot" / "libero" / "run_libero_eval.py"
 DRIVER = ROOT / "craft_experiments" / "01_main_results" / "run_table1_experiments.sh"
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.sim,
-    # Only while the trainer / evaluator are being written; remove once both scripts exist.
-    pytest.mark.skipif(not (FINETUNE.is_file() and EVALUATE.is_file()),
-                       reason="vla-scripts/finetune.py or experiments/robot/libero/run_libero_eval.py does not exist yet"),
 ]
 
 RUNS = ("baseline--libero_spatial--seed7", "craft--libero_spatial--seed7")

@@ -12,8 +12,10 @@ A spec names the RLDS keys and the small standardisation the pipeline applies be
               1 = open / 0 = close (upstream `libero_dataset_transform`, facts §2.9).
 
 Names resolve in this order: an explicit entry in `DATASET_REGISTRY`, a mixture in `MIXTURE_REGISTRY`, then
-the one naming rule: any name starting with `libero_synthetic` (what `make_synthetic_libero_rlds.py --name`
-writes) is a LIBERO-layout dataset. Anything else is an error listing the known names.
+the naming rules for generated data: a name starting with `libero_synthetic` (what
+`make_synthetic_libero_rlds.py --name` writes) or of the form `libero_*_scripted` (what
+`generate_libero_demos.py` writes, e.g. `libero_object_scripted`) is a LIBERO-layout dataset. Anything else is
+an error listing the known names.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 # Names with these prefixes resolve to a LIBERO-layout spec without an explicit entry (generated datasets).
 LIBERO_STYLE_PREFIXES = ("libero_synthetic",)
+# ... and scripted-demo datasets: "libero_" + anything + this suffix (optionally followed by more text).
+SCRIPTED_PREFIX, SCRIPTED_MARK = "libero_", "_scripted"
 
 GRIPPER_TRANSFORMS = ("none", "clip_invert")
 ACTION_ENCODINGS = ("EEF_POS",)
@@ -117,14 +121,21 @@ def register_mixture(name: str, members: tuple[tuple[str, float], ...]) -> None:
 
 
 def known_dataset_names() -> list[str]:
-    return sorted(DATASET_REGISTRY) + sorted(MIXTURE_REGISTRY) + [f"{p}*" for p in LIBERO_STYLE_PREFIXES]
+    return (sorted(DATASET_REGISTRY) + sorted(MIXTURE_REGISTRY) + [f"{p}*" for p in LIBERO_STYLE_PREFIXES]
+            + [f"{SCRIPTED_PREFIX}*{SCRIPTED_MARK}*"])
+
+
+def _is_generated_libero_name(name: str) -> bool:
+    if name.startswith(LIBERO_STYLE_PREFIXES):
+        return True
+    return name.startswith(SCRIPTED_PREFIX) and SCRIPTED_MARK in name[len(SCRIPTED_PREFIX) - 1:]
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The spec of a single dataset (not a mixture); unknown names are an error listing the known ones."""
     if name in DATASET_REGISTRY:
         return DATASET_REGISTRY[name]
-    if name.startswith(LIBERO_STYLE_PREFIXES):
+    if _is_generated_libero_name(name):
         return libero_spec(name)
     if name in MIXTURE_REGISTRY:
         raise ValueError(f"{name!r} is a mixture, not a single dataset; use resolve_dataset_mixture")

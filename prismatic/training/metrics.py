@@ -20,6 +20,8 @@ WANDB_KEYS = {
     "grad_norm": "VLA Train/Gradient Norm",
     "lr": "VLA Train/Learning Rate",
     "retention_loss": "CRaFT/Retention Loss",
+    "retention_mse_raw": "CRaFT/Retention MSE Raw",
+    "retention_mse_aq": "CRaFT/Retention MSE AQ",
     "lambda": "CRaFT/Lambda",
     "conflict_ratio": "CRaFT/Conflict Ratio",
     "grad_cosine": "CRaFT/Gradient Cosine",

@@ -61,7 +61,7 @@ def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
     craft = ctx.craft
     device = ctx.dist.device
     # Per-step loss sums (device tensors; summed over micro-batches, divided by G).
-    loss_sum = torch.zeros(4, device=device)  # [L_act, curr L1, next L1, L_ret]
+    loss_sum = torch.zeros(6, device=device)  # [L_act, curr L1, next L1, L_ret, MSE raw part, MSE aq part]
 
     for batch in micro_batches:
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS}
@@ -76,9 +76,11 @@ def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
         # ======================= CRaFT: retention gradient (micro-batch) =======================
         if craft is not None:
             with _autocast(ctx):
-                loss_ret = craft.retention_loss(out, batch) / g
+                loss_ret, part_mse = craft.retention_loss(out, batch)
+            loss_ret = loss_ret / g
             craft.accumulate_retention_grad(loss_ret, ctx.params)  # autograd.grad, graph retained
             loss_sum[3] += loss_ret.detach().float()
+            loss_sum[4:6] += part_mse.float() / g
         # ========================================================================================
         loss_act.backward()
 
@@ -108,7 +110,7 @@ def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
     if craft_stats is not None:
         device_values.append(craft_stats)
     host = torch.cat([v.float().reshape(-1) for v in device_values]).tolist()
-    l_act, curr_l1, next_l1, l_ret, norm = host[:5]
+    l_act, curr_l1, next_l1, l_ret, mse_raw, mse_aq, norm = host[:7]
     if not math.isfinite(l_act) or (craft is not None and not math.isfinite(l_ret)):
         raise FloatingPointError(
             f"non-finite loss at optimizer step {ctx.scheduler.last_epoch}: action loss {l_act}, "
@@ -124,5 +126,5 @@ def train_step(ctx: StepContext, micro_batches: list[dict]) -> dict[str, float]:
 
     metrics = {"loss": l_act, "curr_action_l1": curr_l1, "next_actions_l1": next_l1, "grad_norm": norm, "lr": lr}
     if craft is not None:
-        metrics.update(craft.after_step(l_ret, host[5:]))  # dual ascent on the global mean L_ret + metrics
+        metrics.update(craft.after_step(l_ret, [mse_raw, mse_aq], host[7:]))  # dual ascent on global mean L_ret
     return metrics

@@ -57,11 +57,16 @@ class CraftRuntime:
         return cls(config, anchor, model, layer, monitor_only=monitor_only)
 
     # ---- per micro-batch ----
-    def retention_loss(self, out: Any, batch: Mapping[str, Any]) -> Tensor:
-        """L_ret = MSE(Φ(θ; x), Φ(θ0; x)) for this micro-batch (scalar fp32, differentiable in θ)."""
+    def retention_loss(self, out: Any, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """L_ret = MSE(Φ(θ; x), Φ(θ0; x)) for this micro-batch (scalar fp32, differentiable in θ), and the
+        detached per-part MSEs [raw, action queries] (2,) for logging (each part is computed even when the
+        anchor type leaves it out of the loss, so ablations show both)."""
         current = pool_features(out.raw_latent_features, out.action_query_features, self.config.pooling)
         anchor = self.anchor.anchor_features(self.model, batch, batch.get("sample_keys"))
-        return retention_loss(current, anchor, self.config.anchor_type, self.config.normalize_parts).loss
+        ret = retention_loss(current, anchor, self.config.anchor_type, self.config.normalize_parts)
+        zero = torch.zeros((), device=ret.loss.device)
+        parts = torch.stack([ret.part_mse.get("raw", zero), ret.part_mse.get("aq", zero)])
+        return ret.loss, parts
 
     def accumulate_retention_grad(self, loss_ret: Tensor, params: list[nn.Parameter]) -> None:
         """g_ret += ∇L_ret over `params`, leaving `.grad` (g_act) untouched; keeps the graph for L_act."""
@@ -96,9 +101,10 @@ class CraftRuntime:
         grads = combine(projected, g_ret, float(self.dual.lam))
         return grads, stats.as_tensor()
 
-    def after_step(self, mean_retention_loss: float, host_stats: list[float]) -> dict[str, float]:
+    def after_step(self, mean_retention_loss: float, part_mse: list[float], host_stats: list[float]) -> dict[str, float]:
         """Dual ascent with the step's global mean L̄_ret and the step's CRaFT metrics."""
-        metrics = {"retention_loss": mean_retention_loss}
+        metrics = {"retention_loss": mean_retention_loss, "retention_mse_raw": part_mse[0],
+                   "retention_mse_aq": part_mse[1]}
         if self.monitor_only:
             return metrics
         stats = ProjectionStats.to_host_dict(host_stats[: self._num_stats])

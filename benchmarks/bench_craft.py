@@ -65,7 +65,7 @@ def _sync(device: torch.device) -> None:
 class Setup:
     """A model (LoRA r=8), its optimizer, one fixed batch, and the CRaFT runtime for one method."""
 
-    def __init__(self, preset: str, batch_size: int, method: str, seed: int = 0):
+    def __init__(self, preset: str, batch_size: int, method: str, seed: int = 0, projection_eps: float = 1e-8):
         self.device = _device()
         cfg = get_preset(preset)
         cfg.action_head.train_noise_std = 0.0  # deterministic, so ours and the reference can be compared
@@ -86,6 +86,7 @@ class Setup:
         craft = None
         if method != "baseline":
             flags = dict(model_preset=preset, use_craft=True, craft_retention_budget=0.0,
+                         craft_projection_eps=projection_eps,
                          craft_enable_projection=method != "craft-noproj",
                          craft_anchor_cache=method == "craft-cache", image_aug=method != "craft-cache")
             craft = CraftRuntime.from_initial_model(self.model, FinetuneConfig(**flags).craft_config(), cfg,
@@ -94,6 +95,7 @@ class Setup:
         # The reference keeps θ0 as a CPU copy of every trainable tensor (as the original recipe does).
         self.theta0_cpu = {n: p.detach().to("cpu", copy=True) for n, p in self.named}
         self.lam = 1.0
+        self.projection_eps = projection_eps
         self.ctx = StepContext(model=self.model, params=self.params, optimizer=self.optimizer,
                                scheduler=make_scheduler(self.optimizer, 0, 10**9), dist=self.info,
                                grad_accumulation_steps=1, max_grad_norm=None, autocast_dtype=self.autocast,
@@ -146,7 +148,7 @@ def reference_step(s: Setup) -> None:
         if ga is not None and gr is not None:
             dot = (ga.float() * gr.float()).sum()
             if dot < 0:  # a host sync per tensor
-                ga = ga - dot / (gr.float().pow(2).sum() + 1e-8) * gr
+                ga = ga - dot / (gr.float().pow(2).sum() + s.projection_eps) * gr
         ga = torch.zeros_like(p) if ga is None else ga
         p.grad = ga + s.lam * (gr if gr is not None else 0)
     s.optimizer.step()
@@ -162,10 +164,14 @@ class _null:
 
 
 def check_same_update(preset: str, batch_size: int) -> float:
-    """One step of ours and of the reference from the same state; returns the max abs parameter difference."""
-    ours = Setup(preset, batch_size, "craft")
+    """One step of ours and of the reference from the same state; returns the max abs parameter difference.
+
+    δ is set to 1e-30 in both: the reference adds δ to ‖g_ret‖² as is, ours adds it to the rescaled ‖ĝ_ret‖²
+    (projection.py), so with the default 1e-8 the two rules differ on purpose for tensors with ‖g_ret‖² ~ δ.
+    """
+    ours = Setup(preset, batch_size, "craft", projection_eps=1e-30)
     ours.drift()
-    ref = Setup(preset, batch_size, "reference")
+    ref = Setup(preset, batch_size, "reference", projection_eps=1e-30)
     # Same state: weights, optimizer moments (deep copy: on CPU load_state_dict shares tensors) and θ0.
     with torch.no_grad():
         for (_, p), (_, q) in zip(ours.named, ref.named):
@@ -177,27 +183,61 @@ def check_same_update(preset: str, batch_size: int) -> float:
     return max((p - q).abs().max().item() for (_, p), (_, q) in zip(ours.named, ref.named))
 
 
-def count_host_syncs(preset: str, batch_size: int) -> int:
-    """Tensor->host reads (item / tolist / bool / float / int) during one CRaFT train_step."""
-    s = Setup(preset, batch_size, "craft")
-    s.drift(1)
-    counter = {"n": 0}
-    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__float__", "__int__")}
+class _SyncCounter:
+    """Counts tensor->host reads (item / tolist / bool / float / int) while active."""
 
-    def wrap(fn):
-        def inner(self, *a, **k):
-            counter["n"] += 1
-            return fn(self, *a, **k)
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+    def __enter__(self):
+        self.n = 0
+        self.originals = {name: getattr(torch.Tensor, name) for name in self.NAMES}
+        for name, fn in self.originals.items():
+            setattr(torch.Tensor, name, self._wrap(fn))
+        return self
+
+    def _wrap(self, fn):
+        def inner(tensor, *a, **k):
+            self.n += 1
+            return fn(tensor, *a, **k)
         return inner
 
-    for name, fn in originals.items():
-        setattr(torch.Tensor, name, wrap(fn))
-    try:
-        s.step()
-    finally:
-        for name, fn in originals.items():
+    def __exit__(self, *exc):
+        for name, fn in self.originals.items():
             setattr(torch.Tensor, name, fn)
-    return counter["n"]
+        return False
+
+
+def count_host_syncs(preset: str, batch_size: int) -> dict[str, int]:
+    """Host reads in one baseline step, one CRaFT step, and in CRaFT's gradient combination alone."""
+    from prismatic.training.craft.projection import combine, project_conflicting
+
+    counts = {}
+    for method in ("baseline", "craft"):
+        s = Setup(preset, batch_size, method)
+        s.drift(1)
+        with _SyncCounter() as c:
+            s.step()
+        counts[method] = c.n
+    g_act = [torch.randn_like(p) for p in s.params]
+    g_ret = [torch.randn_like(p) for p in s.params]
+    with _SyncCounter() as c:
+        proj, stats = project_conflicting(g_act, g_ret, 1e-8, "tensor")
+        combine(proj, g_ret, 1.0)
+    counts["combination"] = c.n
+    counts["tensors"] = len(s.params)
+    return counts
+
+
+def anchor_forward_time(s: Setup, repeats: int = 5) -> float:
+    """Median time of our anchor forward (θ0 features, adapters disabled, head skipped)."""
+    times = []
+    for _ in range(repeats + 1):
+        _sync(s.device)
+        t0 = time.perf_counter()
+        s.craft.anchor.compute_features(s.model, s.batch)
+        _sync(s.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 def combination_time(s: Setup, repeats: int = 5) -> float:
@@ -256,8 +296,9 @@ def bench_preset(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
                 times[m].append(time.perf_counter() - t0)
     med = {m: statistics.median(t) for m, t in times.items()}
     comb = combination_time(setups["craft"])
+    anchor = anchor_forward_time(setups["craft"])
     mem = {m: peak_memory_subprocess(preset, batch_size, m, 3) for m in ("baseline", "craft", "reference")}
-    return {"diff": diff, "median": med, "combination_s": comb, "memory_mb": mem}
+    return {"diff": diff, "median": med, "combination_s": comb, "anchor_s": anchor, "memory_mb": mem}
 
 
 def main() -> None:
@@ -272,9 +313,11 @@ def main() -> None:
         memory_worker(args.presets[0], args.batch_size, args.memory_worker, args.steps)
         return
     print(f"device: {_device()}, batch {args.batch_size}, median of {args.steps} steps after {args.warmup} warm-up")
-    syncs = {p: count_host_syncs(p, args.batch_size) for p in args.presets}
-    print("host syncs per CRaFT step: " + ", ".join(f"{p}: {n}" for p, n in syncs.items())
-          + " (constant in the number of parameter tensors)")
+    for p in args.presets:
+        c = count_host_syncs(p, args.batch_size)
+        print(f"host reads [{p}, {c['tensors']} trainable tensors]: projection + combination {c['combination']}, "
+              f"baseline step {c['baseline']}, CRaFT step {c['craft']} (the rest come from the model's forwards: "
+              f"transformers/timm control flow, once per forward)")
     results = {}
     for preset in args.presets:
         r = bench_preset(preset, args.batch_size, args.steps, args.warmup)
@@ -287,6 +330,11 @@ def main() -> None:
             print(f"{m:<14} {r['median'][m]:>8.3f} {r['median'][m] / base:>11.2f}")
         print(f"gradient combination: {r['combination_s'] * 1e3:.2f} ms = "
               f"{100 * r['combination_s'] / r['median']['craft']:.2f}% of the CRaFT step")
+        extra = r["median"]["craft"] - base
+        rest = extra - r["anchor_s"] - r["combination_s"]
+        print(f"where CRaFT's extra {extra * 1e3:.1f} ms go: anchor forward {r['anchor_s'] * 1e3:.1f} ms, "
+              f"projection + combination {r['combination_s'] * 1e3:.1f} ms, retention backward + bookkeeping "
+              f"{rest * 1e3:.1f} ms")
         mem = r["memory_mb"]
         print("peak memory MB: " + ", ".join(f"{m} {v:.0f}" for m, v in mem.items())
               + f"  (craft +{100 * (mem['craft'] / mem['baseline'] - 1):.1f}%, "

@@ -20,35 +20,40 @@ import numpy as np
 
 # MuJoCo geom type codes (mujoco.mjtGeom), spelled out so this module imports without mujoco.
 GEOM_PLANE, GEOM_HFIELD, GEOM_SPHERE, GEOM_CAPSULE, GEOM_ELLIPSOID, GEOM_CYLINDER, GEOM_BOX, GEOM_MESH = range(8)
-# Grid resolution per axis used to sample primitive geoms (boxes etc.): 4 points per axis keeps the spacing of
-# a 10 cm box at about 3 cm, finer than the hand's 4-8 cm footprint.
-PRIMITIVE_GRID = 4
+# Primitive geoms (boxes etc.) are sampled on a grid with at most this spacing (m), finer than the hand's
+# 2-8 cm features, so a cabinet's top panel is not just its corners; at most MAX_GRID points per axis.
+GRID_SPACING_M = 0.025
+MAX_GRID = 16
 # Points on the circle used for cylinders / capsules.
 CIRCLE_POINTS = 12
 
 
-def _grid(n: int) -> np.ndarray:
+def _grid(half_extent: float) -> np.ndarray:
+    """Grid coordinates in [-1, 1] spaced at most GRID_SPACING_M apart over a half extent (both ends kept)."""
+    n = int(np.clip(np.ceil(2 * half_extent / GRID_SPACING_M) + 1, 2, MAX_GRID))
     return np.linspace(-1.0, 1.0, n)
 
 
+def _box_grid(half: np.ndarray) -> np.ndarray:
+    axes = [_grid(float(h)) * h for h in half]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
 def primitive_points(geom_type: int, size: np.ndarray) -> np.ndarray:
-    """Points (K, 3) in the geom frame covering a primitive geom's volume (its surface grid and interior)."""
-    g = _grid(PRIMITIVE_GRID)
+    """Points (K, 3) in the geom frame covering a primitive geom's volume (a grid over it, corners included)."""
     if geom_type == GEOM_BOX or geom_type == GEOM_ELLIPSOID:
-        # An ellipsoid is bounded by its box; conservative is what collision checks want.
-        pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
-        return pts * size[:3]
+        return _box_grid(np.asarray(size[:3]))  # an ellipsoid is bounded by its box; conservative is right here
     if geom_type == GEOM_SPHERE:
-        pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
-        return pts * size[0]
+        return _box_grid(np.full(3, size[0]))
     if geom_type in (GEOM_CYLINDER, GEOM_CAPSULE):
         radius, half_height = size[0], size[1]
         if geom_type == GEOM_CAPSULE:
             half_height = half_height + radius
         angles = np.linspace(0.0, 2 * np.pi, CIRCLE_POINTS, endpoint=False)
         ring = np.stack([np.cos(angles), np.sin(angles)], axis=-1) * radius  # (C, 2)
-        rings = [np.concatenate([ring, np.full((len(ring), 1), z)], axis=1) for z in g * half_height]
-        axis = np.stack([np.zeros_like(g), np.zeros_like(g), g * half_height], axis=-1)
+        heights = _grid(half_height) * half_height
+        rings = [np.concatenate([ring, np.full((len(ring), 1), z)], axis=1) for z in heights]
+        axis = np.stack([np.zeros_like(heights), np.zeros_like(heights), heights], axis=-1)
         return np.concatenate(rings + [axis], axis=0)
     raise ValueError(f"geom type {geom_type} has no finite extent (planes and height fields are arenas, not objects)")
 

@@ -6,8 +6,9 @@
 writes OUT/NAME/1.0.0/ (tfds RLDS: image / wrist_image JPEG rotated by 180 degrees, state (8,), joint_state (7,),
 raw env actions with the gripper -1 open / +1 close, language_instruction, episode_metadata/file_path) plus
 generation_summary.json in the same directory (attempts, successes and failure reasons per task, throughput).
-The summary is also printed. Read it for training with `--dataset_name NAME` once NAME is registered with
-the LIBERO layout (`prismatic.vla.datasets.registry.register_libero_dataset(NAME)`).
+The summary is also printed. Train on it with `--dataset_name NAME`: names of the form `libero_*_scripted` (the
+default) resolve to the LIBERO layout; register any other name with
+`prismatic.vla.datasets.registry.register_libero_dataset(NAME)`.
 
 Pipeline (prismatic/sim/libero/demo_generation.py): simulate without cameras in spawned workers (rejection
 sampling, only successes kept), then re-execute the kept demos with both cameras on and check the replay

@@ -144,35 +144,32 @@ def _phi_parameters(base: nn.Module, mode: str, exclude_prefixes: Sequence[str])
 
 
 @contextmanager
-def _eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Eval mode for the duration, then every sub-module's own flag restored (not a blanket .train()).
-    Takes the module list cached at the first forward: walking the tree each step is measurable overhead."""
-    flags = [m.training for m in modules]
+def _temporarily(objects: Sequence[Any], attr: str, value: Any) -> Iterator[None]:
+    """Set `attr` to `value` on every object for the duration, then restore each object's own value."""
+    saved = [getattr(o, attr) for o in objects]
     try:
-        for m in modules:
-            m.training = False
+        for o in objects:
+            setattr(o, attr, value)
         yield
     finally:
-        for m, training in zip(modules, flags):
-            m.training = training
+        for o, v in zip(objects, saved):
+            setattr(o, attr, v)
 
 
-@contextmanager
-def _adapters_disabled(layers: Sequence[nn.Module]) -> Iterator[None]:
+def _eval_mode(modules: Sequence[nn.Module]):
+    """Eval mode for the duration, then every sub-module's own flag restored (not a blanket .train()).
+    Takes the module list cached at the first forward: walking the tree each step is measurable overhead."""
+    return _temporarily(modules, "training", False)
+
+
+def _adapters_disabled(layers: Sequence[nn.Module]):
     """Bypass every peft adapter layer for the duration (what `PeftModel.disable_adapter()` does for LoRA:
     each layer's forward returns its base layer's output), restoring each layer's own flag.
 
     peft's context manager also re-scans the whole model twice per call (adapter status checks), which
     costs more than the forward itself for small models; the layer list here is collected once.
     """
-    flags = [layer._disable_adapters for layer in layers]
-    try:
-        for layer in layers:
-            layer._disable_adapters = True
-        yield
-    finally:
-        for layer, flag in zip(layers, flags):
-            layer._disable_adapters = flag
+    return _temporarily(layers, "_disable_adapters", True)
 
 
 @contextmanager

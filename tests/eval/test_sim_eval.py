@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,20 @@ def test_scripted_expert_runs_inside_the_worker(tmp_path):
     (result,) = outcome.results
     assert result.error is None and result.steps == 6 and len(result.final_state) == 8
     assert result.task == "pick up the alphabet soup and place it in the basket"
+
+
+def test_scripted_expert_succeeds_through_the_harness_with_the_standard_protocol(tmp_path):
+    """A policy that succeeds checks the harness end to end: the scripted expert on libero_object task 0 from
+    the suite's initial state 0, with the standard settle steps and horizon, is scored a success by the env."""
+    cfg = sim_config(tmp_path, run_id="scripted-full", task_suite_name="libero_object", num_steps_wait=10,
+                     max_steps=None)
+    outcome = runner.run_evaluation(cfg)
+    (result,) = outcome.results
+    assert result.error is None
+    assert result.success is True and 0 < result.steps < 280
+    assert outcome.summary["total_successes"] == 1
+    log_text = next(Path(outcome.run_dir).glob("*.txt")).read_text()
+    assert log_text.rstrip().endswith("Overall success rate: 1.0000 (100.0%)")
 
 
 def test_a_crashing_worker_is_an_error_and_is_restarted(tmp_path):

@@ -8,7 +8,8 @@ import torch
 
 from tests.data.common import DATASET, make_dataset, take
 
-BATCH_KEYS = {"input_ids", "attention_mask", "pixel_values", "proprio", "actions", "dataset_names", "instructions"}
+BATCH_KEYS = {"input_ids", "attention_mask", "pixel_values", "proprio", "actions", "dataset_names", "instructions",
+              "sample_keys"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def test_loader_batch_matches_the_contract(data_root, model_config, processor):
     assert batch["proprio"].shape == (B, 8) and batch["proprio"].dtype == torch.float32
     assert batch["actions"].shape == (B, 8, 7) and batch["actions"].dtype == torch.float32
     assert batch["dataset_names"] == [DATASET] * B
+    keys = batch["sample_keys"]  # "<dataset>/<episode>/<timestep>", unique per frame
+    assert len(set(keys)) == B and all(k.startswith(f"{DATASET}/") and len(k.split("/")) == 3 for k in keys)
     for i, frame in enumerate(raw):
         instruction = frame["instruction"].decode()
         assert batch["instructions"][i] == instruction

@@ -107,3 +107,15 @@ def test_finetune_help_documents_flags():
     for flag in ("--use_craft", "--craft_retention_budget", "--lora_rank", "--resume_step", "--n_shot_per_task",
                  "--shuffle_buffer_size", "--wandb_mode", "--model_preset"):
         assert flag in out.stdout
+
+
+@pytest.mark.slow
+def test_anchor_cache_gives_the_same_run(synthetic_data_root, tmp_path):
+    """--craft_anchor_cache (valid without augmentation) must not change anything but the cost: same losses,
+    same λ as recomputing the anchor features every step."""
+    common = dict(use_craft=True, image_aug=False, max_steps=3, save_freq=3, craft_dual_lr=1.0)
+    plain = read_metrics(train(_cfg(synthetic_data_root, tmp_path / "plain", **common)).run_dir)
+    cached = read_metrics(train(_cfg(synthetic_data_root, tmp_path / "cached", craft_anchor_cache=True,
+                                     **common)).run_dir)
+    for key in ("loss", "retention_loss", "lambda"):
+        assert [r[key] for r in cached] == pytest.approx([r[key] for r in plain], rel=1e-6, abs=1e-9), key

@@ -11,6 +11,7 @@ Batch (the contract with the model and the trainer):
     actions         (B, chunk, A) float32, normalised
     dataset_names   list[str]
     instructions    list[str]
+    sample_keys     list[str]  "<dataset>/<episode>/<timestep>": identifies the frame (CRaFT's anchor cache)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class RLDSBatchTransform:
         sample["actions"] = torch.tensor(frame["actions"], dtype=torch.float32)  # (chunk, A)
         sample["dataset_name"] = _text(frame["dataset_name"])
         sample["instruction"] = instruction
+        sample["sample_key"] = f"{sample['dataset_name']}/{int(frame['episode_index'])}/{int(frame['timestep'])}"
         return sample
 
 
@@ -67,4 +69,5 @@ class PaddedCollator:
             "actions": torch.stack([s["actions"] for s in samples]),
             "dataset_names": [s["dataset_name"] for s in samples],
             "instructions": [s["instruction"] for s in samples],
+            "sample_keys": [s["sample_key"] for s in samples],
         }

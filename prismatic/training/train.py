@@ -319,7 +319,7 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
         metrics = train_step(ctx, micro)
         done = step + 1
         if info.is_main:
-            if done % cfg.wandb_log_freq == 0 or done == cfg.max_steps or done == start_step + 1:
+            if done % cfg.wandb_log_freq == 0 or done == cfg.max_steps or done == 1:
                 logger.log(done, metrics)
                 log.info("step %d: %s", done, progress_line(metrics))
             if progress is not None:

@@ -13,6 +13,17 @@ import pytest  # noqa: E402
 import prismatic  # noqa: E402,F401  (torch before tensorflow in this process)
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # CI machines have 2 cores shared by several jobs; tiny models gain nothing from more torch threads.
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     from prismatic.models.processing import build_tiny_tokenizer

@@ -11,14 +11,6 @@ from prismatic.training.craft.features import pool_features, retention_loss
 from prismatic.training.lora import apply_lora
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _model(seed: int = 0) -> VLAAdapter:
     torch.manual_seed(seed)
     return VLAAdapter(get_preset("tiny"), attn_implementation="sdpa")

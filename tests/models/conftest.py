@@ -10,15 +10,6 @@ import torch
 from prismatic.models.config import VLAConfig, get_preset
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # The CI machines have 2 cores shared by several jobs; tiny models gain nothing from more threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     from prismatic.models.processing import build_tiny_tokenizer

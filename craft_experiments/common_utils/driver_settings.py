@@ -20,11 +20,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPER_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 # Upstream's recommended steps per suite for 4 GPUs x 16 per GPU (facts §8.3, VLA-Adapter issue #35).
 DEFAULT_MAX_STEPS = "libero_spatial=20000,libero_object=5000,libero_goal=50000,libero_10=60000"
-LAUNCHERS = ("torchrun", "python")
+# local = torchrun on this machine; slurm = one cluster job per run (and stage), each running torchrun (slurm.py)
+LAUNCHERS = ("local", "torchrun", "python", "slurm")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("online", "offline", "disabled")
 MODEL_PRESETS = ("vla-adapter", "vla-adapter-pro", "mid", "tiny")
 _SUITE_RE = re.compile(r"^libero_[a-z0-9]+$")
+_SLURM_TIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 _NO_SMOKE = object()
 
 
@@ -69,6 +71,43 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(f"must be >= 1, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _optional_non_negative_int(text: str) -> int | None:
+    return _non_negative_int(text) if text.strip() else None
+
+
+def _slurm_time(text: str) -> str | None:
+    if not text.strip():
+        return None
+    if not _SLURM_TIME_RE.match(text.strip()):
+        raise ValueError(f"expected a SLURM time limit (MM, HH:MM:SS or D-HH:MM:SS), got {text!r}")
+    return text.strip()
+
+
+def _sbatch_lines(text: str) -> tuple[str, ...]:
+    """Raw #SBATCH options separated by ';' or newlines, with or without the '#SBATCH' prefix and the leading
+    '--' (`qos=high;constraint=a100`: a value starting with '--' would be taken for a flag by the shell's argparse)."""
+    items = []
+    for part in re.split(r"[;\n]", text):
+        part = part.strip()
+        if part.startswith("#SBATCH"):
+            part = part[len("#SBATCH"):].strip()
+        if not part:
+            continue
+        if not part.startswith("-"):
+            part = "--" + part
+        if not re.match(r"^--?[A-Za-z]", part):
+            raise ValueError(f"each entry must be an sbatch option such as qos=high or --qos=high, got {part!r}")
+        items.append(part)
+    return tuple(items)
 
 
 def _positive_float(text: str) -> float:
@@ -143,7 +182,30 @@ SETTINGS = (
     Setting("gpus_per_run", "CRAFT_GPUS_PER_RUN", "1", _positive_int, "processes (GPUs) per training run (torchrun)",
             smoke="1"),
     Setting("launcher", "CRAFT_LAUNCHER", "torchrun", _choice(LAUNCHERS),
-            "torchrun (python -m torch.distributed.run --standalone) or python (one process)"),
+            "torchrun or local (python -m torch.distributed.run --standalone here), python (one process here), or "
+            "slurm (every run becomes cluster jobs: sbatch scripts in <run>/slurm/; see the --slurm_* flags)"),
+    Setting("slurm_partition", "CRAFT_SLURM_PARTITION", "", _optional_str, "slurm: #SBATCH --partition (default: the "
+            "cluster's default partition)"),
+    Setting("slurm_account", "CRAFT_SLURM_ACCOUNT", "", _optional_str, "slurm: #SBATCH --account"),
+    Setting("slurm_time", "CRAFT_SLURM_TIME", "", _slurm_time, "slurm: #SBATCH --time of every job (HH:MM:SS or "
+            "D-HH:MM:SS; default: the partition's). A training job killed by it resumes from its last checkpoint "
+            "when the driver resubmits it", smoke="00:20:00"),
+    Setting("slurm_gpus_per_run", "CRAFT_SLURM_GPUS_PER_RUN", "", _optional_non_negative_int,
+            "slurm: GPUs per node of a training job (#SBATCH --gres=gpu:N, torchrun --nproc_per_node N; evaluation "
+            "jobs get one); 0 = a CPU job with one process (default: --gpus_per_run)", smoke="0"),
+    Setting("slurm_nodes_per_run", "CRAFT_SLURM_NODES_PER_RUN", "1", _positive_int,
+            "slurm: nodes per training job (> 1: srun starts torchrun on each node, c10d rendezvous on the "
+            "allocation's first node)"),
+    Setting("slurm_max_parallel", "CRAFT_SLURM_MAX_PARALLEL", "0", _non_negative_int,
+            "slurm: at most this many runs in the queue at once (later runs wait via --dependency=afterany); "
+            "0 = no limit"),
+    Setting("slurm_extra", "CRAFT_SLURM_EXTRA", "", _sbatch_lines,
+            "slurm: extra #SBATCH options, ';'-separated, e.g. \"qos=high;constraint=a100\" (the leading -- may be left out)"),
+    Setting("slurm_poll_seconds", "CRAFT_SLURM_POLL_SECONDS", "30", _positive_float,
+            "slurm: with --wait, seconds between two looks at the queue (squeue)"),
+    Setting("eval_shards", "CRAFT_EVAL_SHARDS", "1", _positive_int,
+            "split each evaluation's tasks over K evaluator processes (K jobs under slurm; one after another "
+            "here) and merge their results"),
     Setting("device", "CRAFT_DEVICE", "auto", _choice(DEVICES), "--device of training and evaluation", smoke="cpu"),
     Setting("batch_size", "CRAFT_BATCH_SIZE", "8", _positive_int, "per-device batch size", smoke="2"),
     Setting("grad_accumulation_steps", "CRAFT_GRAD_ACCUM", "1", _positive_int, "micro-batches per optimizer step",
@@ -203,10 +265,29 @@ class DriverSettings:
     python: str
     finetune_script: Path
     eval_script: Path
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_time: str | None = None
+    slurm_gpus_per_run: int | None = None  # resolved to --gpus_per_run when not given
+    slurm_nodes_per_run: int = 1
+    slurm_max_parallel: int = 0
+    slurm_extra: tuple[str, ...] = ()
+    slurm_poll_seconds: float = 30.0
+    eval_shards: int = 1
     smoke: bool = False
     dry_run: bool = False
     stage: str = "all"  # all | train | eval | collect
     quiet: bool = False
+    wait: bool = False  # slurm: after submitting, wait for the jobs and collect
+    # Set inside a multi-node SLURM job only (slurm.py): torchrun's (c10d endpoint host:port, rendezvous id).
+    rendezvous: tuple[str, str] | None = None
+
+    @property
+    def world_size(self) -> int:
+        """Training processes of one run (part of the fine-tuning fingerprint)."""
+        if self.launcher == "slurm":
+            return max(self.slurm_gpus_per_run or 0, 1) * self.slurm_nodes_per_run
+        return self.gpus_per_run
 
     def max_steps_for(self, suite: str) -> int:
         if isinstance(self.max_steps, int):
@@ -238,11 +319,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "collect: only rebuild tables and plots from existing outputs")
     parser.add_argument("--quiet", action="store_true", help="do not echo training/evaluation output (it is always "
                         "written to <run>/logs/)")
+    parser.add_argument("--wait", action="store_true",
+                        help="--launcher slurm: after submitting, wait until the table's jobs have left the queue, then "
+                             "collect (default: submit and return; run the command again, or with --collect_only, to "
+                             "collect)")
+    parser.add_argument("--collect_only", "--collect-only", dest="collect_only", action="store_true",
+                        help="submit and run nothing: read the runs' state (and under slurm their jobs' state) and "
+                             "rebuild tables and plots (= --stage collect)")
 
 
 def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> DriverSettings:
     """Flag > environment variable > default (smoke value under --smoke). Errors name the flag or variable."""
     values: dict[str, Any] = {}
+    defaulted: set[str] = set()  # settings that took the default or the smoke value
     for s in SETTINGS:
         given = getattr(args, s.name)
         if given is not None:
@@ -253,17 +342,42 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Dr
             raw, origin = environ[s.env], f"environment variable {s.env}"
         else:
             raw, origin = s.default, f"the default of --{s.name}"
+        if origin.startswith(("the default", "the --smoke value")):
+            defaulted.add(s.name)
         try:
             values[s.name] = s.parse(raw)
         except ValueError as e:
             raise ValueError(f"{origin}={raw!r}: {e}") from e
-    output_dir = Path(values["output_dir"]).expanduser().resolve()
+    # A relative path the user gave is relative to the working directory; the defaults are relative to the
+    # repository, so `cd craft_experiments/01_main_results && bash run_table1_experiments.sh` uses the same
+    # outputs/ and data/ as a call from the repository root.
+    def location(name: str, raw: str) -> Path:
+        path = Path(raw).expanduser()
+        return (REPO_ROOT / path if name in defaulted else path).resolve()
+
+    output_dir = location("output_dir", str(values["output_dir"]))
     data_root = values["data_root_dir"]
     values["output_dir"] = output_dir
-    values["data_root_dir"] = Path(data_root).expanduser().resolve() if data_root else output_dir / "data"
+    values["data_root_dir"] = location("data_root_dir", data_root) if data_root else output_dir / "data"
     for key in ("finetune_script", "eval_script"):
         values[key] = Path(values[key]).expanduser().resolve()
-    settings = DriverSettings(**values, smoke=args.smoke, dry_run=args.dry_run, stage=args.stage, quiet=args.quiet)
+    if values["launcher"] == "local":
+        values["launcher"] = "torchrun"
+    if values["slurm_gpus_per_run"] is None:
+        values["slurm_gpus_per_run"] = values["gpus_per_run"]
+    stage = "collect" if args.collect_only else args.stage
+    if args.collect_only and args.stage not in ("all", "collect"):
+        raise ValueError(f"--collect_only contradicts --stage {args.stage}")
+    if values["launcher"] != "slurm":
+        given = [f"--{s.name}" for s in SETTINGS if s.name.startswith("slurm_") and getattr(args, s.name) is not None]
+        if args.wait:
+            given.append("--wait")
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --launcher slurm (the launcher is {values['launcher']})")
+    settings = DriverSettings(**values, smoke=args.smoke, dry_run=args.dry_run, stage=stage, quiet=args.quiet,
+                              wait=args.wait)
+    if settings.wait and stage == "collect":
+        raise ValueError("--wait submits and waits; --collect_only / --stage collect submits nothing: choose one")
     if settings.launcher == "python" and settings.gpus_per_run != 1:
         raise ValueError(f"--launcher python runs one process; --gpus_per_run is {settings.gpus_per_run} "
                          "(use --launcher torchrun)")

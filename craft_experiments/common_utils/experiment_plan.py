@@ -36,6 +36,9 @@ SMOKE_FINETUNE_FLAGS = (("create_synthetic_dataset", "True"), ("shuffle_buffer_s
 SMOKE_EVAL_FLAGS = (("task_ids", "[0]"), ("max_steps", "8"), ("save_videos", "none"))
 # Flags that say where things go or how they are logged, not what is trained: left out of the fingerprint
 # so an output directory can be moved and W&B switched on later without invalidating finished runs.
+# Tasks per LIBERO suite (LIBERO's benchmark definitions), for --eval_shards; under --smoke the evaluation
+# runs one task per shard (tasks 0..K-1).
+SUITE_TASK_COUNTS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
 _NOT_FINGERPRINTED = {"data_root_dir", "run_root_dir", "run_id_override", "wandb_mode", "wandb_project",
                       "wandb_entity", "vlm_path", "config_file_path", "device", "resume"}
 
@@ -213,11 +216,23 @@ def finetune_fingerprint(run: PlannedRun, settings: DriverSettings) -> dict:
     return {
         "flags": [[k, v] for k, v in finetune_flags(run, settings) if k not in _NOT_FINGERPRINTED],
         "extra_args": _extra_finetune_args(run, settings),
-        "world_size": settings.gpus_per_run,
+        "world_size": settings.world_size,
     }
 
 
+RDZV_PORT = 29500  # torchrun's c10d rendezvous port on the first node of a multi-node SLURM allocation
+
+
 def _launcher_argv(settings: DriverSettings, script: Path) -> list[str]:
+    if settings.launcher == "slurm":  # inside a SLURM job (slurm.py): this allocation's GPUs / nodes
+        nproc, nodes = str(max(settings.slurm_gpus_per_run or 0, 1)), settings.slurm_nodes_per_run
+        if nodes == 1:
+            return [settings.python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                    "--nproc_per_node", nproc, str(script)]
+        endpoint, rdzv_id = settings.rendezvous or ("$CRAFT_RDZV_ENDPOINT", "$SLURM_JOB_ID")  # dry run: placeholders
+        return ["srun", "--nodes", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
+                settings.python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node", nproc,
+                "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", rdzv_id, str(script)]
     if settings.launcher == "torchrun":
         return [settings.python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                 "--nproc_per_node", str(settings.gpus_per_run), str(script)]
@@ -237,19 +252,54 @@ def build_finetune_command(run: PlannedRun, settings: DriverSettings, resume: bo
     return Command(tuple(argv), _child_env(settings), run.logs_dir / "train.log")
 
 
-def eval_flags(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str) -> list[tuple[str, str]]:
+def _task_list(task_ids: tuple[int, ...]) -> str:
+    return "[" + ",".join(map(str, task_ids)) + "]"
+
+
+def evaluation_tasks(run: PlannedRun, settings: DriverSettings) -> tuple[int, ...]:
+    """The task ids an evaluation of `run` covers when it is split into --eval_shards shards."""
+    if settings.smoke:
+        return tuple(range(settings.eval_shards))
+    if run.suite not in SUITE_TASK_COUNTS:
+        raise ValueError(f"--eval_shards {settings.eval_shards}: the number of tasks of {run.suite} is not known "
+                         f"(known: {sorted(SUITE_TASK_COUNTS)}); use --eval_shards 1")
+    return tuple(range(SUITE_TASK_COUNTS[run.suite]))
+
+
+def shard_tasks(run: PlannedRun, settings: DriverSettings, shard: int) -> tuple[int, ...]:
+    """Tasks of shard `shard` (0-based) of `settings.eval_shards`: every K-th task, so shards are disjoint,
+    together cover the suite, and differ in size by at most one."""
+    tasks = evaluation_tasks(run, settings)
+    if settings.eval_shards > len(tasks):
+        raise ValueError(f"--eval_shards {settings.eval_shards} is more than the {len(tasks)} tasks of {run.suite}")
+    return tasks[shard::settings.eval_shards]
+
+
+def check_eval_sharding(settings: DriverSettings) -> None:
+    if settings.eval_shards > 1 and any(a == "--task_ids" or a.startswith("--task_ids=") for a in settings.eval_args):
+        raise ValueError("--eval_shards splits the suite's tasks itself; remove --task_ids from --eval_args")
+
+
+def eval_flags(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str,
+               shard: int | None = None) -> list[tuple[str, str]]:
+    """The evaluator's flags; with `shard`, of that shard only (its tasks as --task_ids)."""
     flags = [
         ("pretrained_checkpoint", str(checkpoint)), ("task_suite_name", run.suite),
         ("num_trials_per_task", str(settings.num_trials_per_task)), ("seed", str(run.seed)),
         ("unnorm_key", run.dataset_name), ("device", settings.device), ("local_log_dir", str(run.eval_root)),
     ]
     if settings.smoke:
-        flags += list(SMOKE_EVAL_FLAGS)
+        flags += [(k, _task_list(evaluation_tasks(run, settings)) if k == "task_ids" else v)
+                  for k, v in SMOKE_EVAL_FLAGS]
+    if shard is not None:
+        tasks = _task_list(shard_tasks(run, settings, shard))
+        flags = [f for f in flags if f[0] != "task_ids"] + [("task_ids", tasks)]
     return flags
 
 
 def eval_fingerprint(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str) -> dict:
-    """What defines an evaluation: the checkpoint (by name), the protocol flags and the extra args."""
+    """What defines an evaluation: the checkpoint (by name), the protocol flags and the extra args. The same
+    for a whole evaluation and for one split into shards (a merged sharded result is that evaluation)."""
     flags = [[k, Path(v).name if k == "pretrained_checkpoint" else v]
              for k, v in eval_flags(run, settings, checkpoint) if k not in ("local_log_dir", "device")]
     return {"flags": flags, "extra_args": list(settings.eval_args)}
@@ -259,15 +309,24 @@ def fingerprint_hash(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def eval_run_id(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str) -> str:
+def shard_label(shard: int, shards: int) -> str:
+    return f"shard{shard + 1}of{shards}"
+
+
+def eval_run_id(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str, shard: int | None = None) -> str:
     """The evaluator's run directory name. Deterministic, so an interrupted evaluation resumes; it
-    carries the fingerprint, so a different protocol or checkpoint gets its own directory."""
+    carries the fingerprint, so a different protocol or checkpoint gets its own directory (and each shard
+    of a sharded evaluation its own)."""
     fp = fingerprint_hash(eval_fingerprint(run, settings, checkpoint))
-    return f"EVAL-{run.suite}-vla-{fp}--{run.row.variant.key}--seed{run.seed}"
+    suffix = f"--{shard_label(shard, settings.eval_shards)}" if shard is not None else ""
+    return f"EVAL-{run.suite}-vla-{fp}--{run.row.variant.key}--seed{run.seed}{suffix}"
 
 
-def build_eval_command(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str) -> Command:
+def build_eval_command(run: PlannedRun, settings: DriverSettings, checkpoint: Path | str,
+                       shard: int | None = None) -> Command:
     argv = [settings.python, str(settings.eval_script)]
-    argv += _flags_to_argv(eval_flags(run, settings, checkpoint) + [("run_id", eval_run_id(run, settings, checkpoint))])
+    argv += _flags_to_argv(eval_flags(run, settings, checkpoint, shard)
+                           + [("run_id", eval_run_id(run, settings, checkpoint, shard))])
     argv += list(settings.eval_args)
-    return Command(tuple(argv), _child_env(settings), run.logs_dir / "eval.log")
+    log = "eval.log" if shard is None else f"eval-{shard_label(shard, settings.eval_shards)}.log"
+    return Command(tuple(argv), _child_env(settings), run.logs_dir / log)

@@ -16,6 +16,12 @@ CLI (tables over seeds from a tree of logs):
 
     python -m craft_experiments.common_utils.log_parser --logs outputs/craft_experiments/runs --format md
     python -m craft_experiments.common_utils.log_parser --wandb RUN_DIR_OR_ENTITY/PROJECT/RUN_ID --format csv
+    python craft_experiments/common_utils/log_parser.py --wandb_project "vla-craft-training" --output_dir "results/" \
+        --generate_latex_table     # every run of a W&B project (public API, needs network + login) -> results/
+
+With --output_dir the tables are written there (`success_rates.{md,csv}` from --logs,
+`wandb_<project>.{md,csv}` from --wandb_project, `wandb_runs.{md,csv}` from --wandb; `.tex` too with
+--generate_latex_table) and a one-line summary is printed; without it the table goes to stdout (--output, --format).
 
 Rows (methods) and seeds of the `--logs` table come from the `run.json` the drivers write next to each
 evaluation; for other logs, from the log's `--<note>` suffix, else from its directory name (a
@@ -33,7 +39,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from craft_experiments.common_utils.tables import ResultRecord, build_table, render_table
+if not __package__:  # run as a file (`python craft_experiments/common_utils/log_parser.py`): the repository on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from craft_experiments.common_utils.tables import ResultRecord, build_table, render_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +372,50 @@ def _wandb_table(sources: list[str], metrics: list[str], fmt: str) -> str:
     return render_last_values(histories, metrics, fmt)
 
 
+class WandbUnavailable(RuntimeError):
+    """The W&B public API could not be used (no network, no login, no such project)."""
+
+
+def fetch_project_histories(project: str, entity: str | None = None, api=None) -> dict[str, object]:
+    """{run name: MetricHistory} of every run of a W&B project through the public API (`api`: injectable).
+    Any failure of the API (no login, no network, unknown project) is one WandbUnavailable naming the project."""
+    from craft_experiments.common_utils.wandb_logs import fetch_online_run
+
+    path = f"{entity}/{project}" if entity else project
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api(timeout=30)
+        runs = list(api.runs(path))
+        if not runs:
+            raise WandbUnavailable(f"W&B project {path!r} has no runs")
+        histories = {}
+        for run in runs:
+            name = getattr(run, "name", None) or run.id
+            histories[name if name not in histories else f"{name} ({run.id})"] = fetch_online_run(
+                "/".join(run.path), api=api)
+        return histories
+    except WandbUnavailable:
+        raise
+    except Exception as e:  # wandb.errors.* (UsageError: no key, AuthenticationError / CommError: no network), OSError
+        raise WandbUnavailable(
+            f"cannot read W&B project {path!r} through the W&B API: {type(e).__name__}: {str(e).rstrip('.')}. "
+            "The API needs network "
+            "access and a login (`wandb login` or WANDB_API_KEY); without them, read local runs instead: "
+            "--wandb <run or wandb/ directory>, or --logs <evaluation logs>") from e
+
+
+def _write_tables(output_dir: Path, stem: str, render, latex: bool) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in ("md", "csv") + (("tex",) if latex else ()):
+        path = output_dir / f"{stem}.{fmt}"
+        path.write_text(render(fmt))
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m craft_experiments.common_utils.log_parser",
@@ -377,9 +430,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("md", "tex", "csv"), default="md", help="output format (default: md)")
     parser.add_argument("--output", type=Path, help="write here instead of stdout")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any evaluation output cannot be used")
+    parser.add_argument("--wandb_project", help="every run of this W&B project (public API: needs network and a "
+                        "login): a table of the last value of each --metrics key per run")
+    parser.add_argument("--wandb_entity", help="the entity (user or team) of --wandb_project (default: yours)")
+    parser.add_argument("--output_dir", type=Path, help="write the tables into this directory (md and csv; tex too "
+                        "with --generate_latex_table) instead of stdout")
+    parser.add_argument("--generate_latex_table", action="store_true",
+                        help="also write the LaTeX table (.tex) into --output_dir (without --output_dir: = --format tex)")
     args = parser.parse_args(argv)
-    if args.logs is None and not args.wandb:
-        parser.error("give --logs DIR and/or --wandb SRC")
+    if args.logs is None and not args.wandb and not args.wandb_project:
+        parser.error("give --logs DIR, --wandb SRC and/or --wandb_project NAME")
+    if args.output_dir is not None and args.output is not None:
+        parser.error("--output writes one table, --output_dir several: give one of them")
+    if args.wandb_entity and not args.wandb_project:
+        parser.error("--wandb_entity is the entity of --wandb_project")
+    if args.output_dir is not None:
+        return _main_to_directory(args)
+    if args.generate_latex_table:
+        args.format = "tex"
+    if args.wandb_project:
+        parser.error("--wandb_project writes its tables into --output_dir; give one (e.g. --output_dir results/)")
     parts, status = [], 0
     if args.logs is not None:
         records, problems = collect_records(args.logs)
@@ -399,6 +469,44 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
+    return status
+
+
+def _main_to_directory(args: argparse.Namespace) -> int:
+    """--output_dir: every requested table in md + csv (+ tex), one line per file written."""
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    written, status = [], 0
+    if args.logs is not None:
+        records, problems = collect_records(args.logs)
+        for path, reason in problems:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        if problems and args.strict:
+            status = 1
+        if not records:
+            print(f"no finished evaluation under {args.logs}", file=sys.stderr)
+            return 1
+        table = build_table(records)
+        written += _write_tables(args.output_dir, "success_rates", lambda fmt: render_table(table, fmt),
+                                 args.generate_latex_table)
+    if args.wandb:
+        from craft_experiments.common_utils.wandb_logs import load_history_source, render_last_values
+
+        histories = {src: load_history_source(src) for src in args.wandb}
+        written += _write_tables(args.output_dir, "wandb_runs", lambda fmt: render_last_values(histories, metrics, fmt),
+                                 args.generate_latex_table)
+    if args.wandb_project:
+        from craft_experiments.common_utils.wandb_logs import render_last_values
+
+        try:
+            histories = fetch_project_histories(args.wandb_project, args.wandb_entity)
+        except WandbUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        stem = "wandb_" + re.sub(r"[^\w.-]+", "_", args.wandb_project)
+        written += _write_tables(args.output_dir, stem, lambda fmt: render_last_values(histories, metrics, fmt),
+                                 args.generate_latex_table)
+    for path in written:
+        print(f"wrote {path}")
     return status
 
 

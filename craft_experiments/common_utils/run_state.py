@@ -5,7 +5,11 @@
     RESULT.json          {"success_rate", "episodes", "successes", "tasks", "checkpoint", "eval_dir",
                           "eval_fingerprint", "at"}: the evaluation finished and was parsed
     FAILURE.json         {"status", "message", "log", "at"}: the last attempt failed (removed on success)
-    .lock                {"pid", "host", "at"}: a driver is working on this run right now
+    RESULT.shard<i>of<K>.json   one shard's result of an evaluation split over K shards (--eval_shards)
+    .lock                {"pid", "host", "at"[, "slurm_job_id"]}: a driver is working on this run right now
+                         (.lock-eval-shard<i>of<K>: a SLURM job evaluating that shard)
+    slurm/jobs.json      {"submissions": [{"job_id", "stage", "shard", "script", "dependency", "at"}, ...]}:
+                         every SLURM job submitted for this run, oldest first; slurm/*.sbatch: their scripts
 
 All JSON files are written atomically (temp file, then rename), so a killed driver never leaves a
 half-written marker that would later be mistaken for a finished stage.
@@ -13,6 +17,7 @@ half-written marker that would later be mistaken for a finished stage.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -25,6 +30,12 @@ TRAINING_DONE = "TRAINING_DONE.json"
 RESULT = "RESULT.json"
 FAILURE = "FAILURE.json"
 LOCK = ".lock"
+SLURM_DIR = "slurm"
+SLURM_JOBS = "slurm/jobs.json"
+
+
+def shard_result_name(shard: int, shards: int) -> str:
+    return f"RESULT.shard{shard + 1}of{shards}.json"
 
 
 class Status(str, Enum):
@@ -38,6 +49,10 @@ class Status(str, Enum):
     CONFIG_MISMATCH = "CONFIG_MISMATCH"  # the run directory was trained with other settings
     LOCKED = "LOCKED"  # another driver holds the run's lock
     BAD_STATE = "BAD_STATE"  # a bookkeeping file of the run cannot be read (the message names it)
+    SUBMITTED = "SUBMITTED"  # slurm: jobs submitted by this invocation
+    QUEUED = "QUEUED"  # slurm: a job of the run is pending or running (submitted earlier); nothing submitted
+    JOB_FAILED = "JOB_FAILED"  # slurm: the run's job ended (cancelled, time limit, node failure) without a result
+    INTERRUPTED = "INTERRUPTED"  # the driver was stopped by SIGTERM / SIGINT; rerun to continue
 
     @property
     def is_failure(self) -> bool:
@@ -45,7 +60,7 @@ class Status(str, Enum):
 
 
 FAILURES = {Status.TRAINING_FAILED, Status.NO_CHECKPOINT, Status.EVAL_FAILED, Status.PARSE_FAILED,
-            Status.CONFIG_MISMATCH, Status.BAD_STATE}
+            Status.CONFIG_MISMATCH, Status.BAD_STATE, Status.JOB_FAILED, Status.INTERRUPTED}
 
 
 def now() -> str:
@@ -105,27 +120,69 @@ class RunLocked(RuntimeError):
     pass
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
+
+
+def read_lock(path: Path) -> dict | None:
+    """The lock's holder, None when the file is gone or unreadable (a half-written lock of a killed driver)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stale_reason(holder: dict | None) -> str | None:
+    """Why a lock can be taken over (its holder ran on this host and is dead), None if it may be alive."""
+    if holder is None or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return None
+    if pid_alive(holder["pid"]):
+        return None
+    return f"its holder, pid {holder['pid']} on this host ({holder['host']}), is not running"
+
+
 class RunLock:
     """Exclusive lock on a run directory (O_CREAT|O_EXCL), so two drivers sharing an output directory
-    (e.g. table1 and table4 at once) never train the same run twice. A lock left by a killed driver
-    names its pid and host; delete the file once that process is gone."""
+    (e.g. table1 and table4 at once) never train the same run twice. A lock whose holder ran on this host
+    and is dead (a driver killed with SIGKILL, a crashed machine) is stale: it is taken over and
+    `took_over` says so. A lock held by a live process, or by one on another host, makes __enter__ raise
+    RunLocked (the SLURM launcher removes locks of jobs that left the queue itself, slurm.py)."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
+    def __init__(self, run_dir: Path, name: str = LOCK):
+        self.path = run_dir / name
+        self.took_over: str | None = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        for _ in range(2):
             try:
-                holder = self.path.read_text().strip()
-            except OSError:
-                holder = "unknown"
-            raise RunLocked(f"{self.path} exists (held by {holder}); another driver is running this run, or a "
-                            "killed one left the lock: delete the file if that process is gone") from None
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = read_lock(self.path)
+                reason = stale_reason(holder)
+                if reason is None:
+                    raise RunLocked(f"{self.path} exists (held by {json.dumps(holder) if holder else 'unknown'}); "
+                                    "another driver or job is running this run: wait for it, or delete the file "
+                                    "if that process is gone") from None
+                self.took_over = f"took over the stale lock {self.path} ({reason})"
+                self.path.unlink(missing_ok=True)
+        else:
+            raise RunLocked(f"{self.path}: another process took the lock at the same time")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "at": now()}
+        if os.environ.get("SLURM_JOB_ID"):
+            holder["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": now()}))
+            f.write(json.dumps(holder))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,6 +10,8 @@ evaluator writes `<local_log_dir>/<run_id>/<run_id>.txt` (upstream lines, facts 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 TASKS = ("pick up the black bowl between the plate and the ramekin and place it on the plate",
@@ -39,20 +41,25 @@ def upstream_log_lines(outcomes: dict[str, list[bool]], suite: str | None = "lib
     return lines
 
 
-def results_jsonl_lines(outcomes: dict[str, list[bool]]) -> list[str]:
+def results_jsonl_lines(outcomes: dict[str, list[bool]], task_ids: list[int] | None = None) -> list[str]:
+    ids = task_ids if task_ids is not None else list(range(len(outcomes)))
     return [json.dumps({"task_id": t, "task": task, "episode": k, "success": s, "steps": 100, "seconds": 1.5,
                         "error": None})
-            for t, (task, results) in enumerate(outcomes.items()) for k, s in enumerate(results)]
+            for t, (task, results) in zip(ids, outcomes.items()) for k, s in enumerate(results)]
 
 
 def write_eval_run(local_log_dir: Path, run_id: str, outcomes: dict[str, list[bool]], suite: str,
-                   final: bool = True) -> Path:
+                   final: bool = True, task_ids: list[int] | None = None) -> Path:
     """An evaluator run directory: <run_id>.txt + results.jsonl."""
     run_dir = Path(local_log_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / f"{run_id}.txt").write_text("\n".join(upstream_log_lines(outcomes, suite=None, final=final)) + "\n")
-    (run_dir / "results.jsonl").write_text("\n".join(results_jsonl_lines(outcomes)) + "\n")
+    (run_dir / "results.jsonl").write_text("\n".join(results_jsonl_lines(outcomes, task_ids)) + "\n")
     return run_dir
+
+
+def task_name(task_id: int) -> str:
+    return TASKS[task_id] if task_id < len(TASKS) else f"fake task number {task_id}"
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -61,6 +68,18 @@ def flag(argv: list[str], name: str) -> str:
 
 
 def fake_train(argv: list[str], behaviour: str = "ok") -> int:
+    """Environment (for runs as real processes, e.g. SLURM jobs): FAKE_ARGV_LOG appends the argv as a JSON line;
+    FAKE_TRAIN_SLEEP=S sleeps S seconds after writing a step-1 checkpoint (so the run can be killed mid-way and
+    resumed); FAKE_PID_FILE receives the pid."""
+    if os.environ.get("FAKE_ARGV_LOG"):
+        with open(os.environ["FAKE_ARGV_LOG"], "a") as f:
+            f.write(json.dumps(argv) + "\n")
+    if os.environ.get("FAKE_PID_FILE"):
+        Path(os.environ["FAKE_PID_FILE"]).write_text(str(os.getpid()))
+    if os.environ.get("FAKE_TRAIN_SLEEP") and "--resume" not in argv:
+        root, run_id = Path(flag(argv, "run_root_dir")), flag(argv, "run_id_override")
+        (root / f"{run_id}--1_chkpt").mkdir(parents=True, exist_ok=True)
+        time.sleep(float(os.environ["FAKE_TRAIN_SLEEP"]))
     if behaviour == "crash":
         print("Traceback (most recent call last):\nRuntimeError: CUDA out of memory (fake)")
         return 1
@@ -86,7 +105,11 @@ def fake_eval(argv: list[str], behaviour: str = "ok", successes_per_task: int = 
         return 1
     local, run_id, suite = Path(flag(argv, "local_log_dir")), flag(argv, "run_id"), flag(argv, "task_suite_name")
     trials = int(flag(argv, "num_trials_per_task"))
-    outcomes = {task: [k < successes_per_task for k in range(trials)] for task in TASKS}
-    write_eval_run(local, run_id, outcomes, suite, final=behaviour != "unfinished")
+    if "--task_ids" in argv:  # the evaluator's list syntax, e.g. [0,2,4]
+        task_ids = [int(t) for t in flag(argv, "task_ids").strip("[]").split(",")]
+    else:
+        task_ids = list(range(len(TASKS)))
+    outcomes = {task_name(t): [k < successes_per_task for k in range(trials)] for t in task_ids}
+    write_eval_run(local, run_id, outcomes, suite, final=behaviour != "unfinished", task_ids=task_ids)
     return 0
 

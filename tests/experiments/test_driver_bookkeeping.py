@@ -57,7 +57,8 @@ def scripts(tmp_path):
 
 def _run(tmp_path, scripts, runner, *extra, table="table1"):
     argv = [table, "--output_dir", str(tmp_path / "out"), "--suites", "libero_spatial,libero_goal", "--seeds", "7,8",
-            "--max_steps", "3", "--num_trials_per_task", "4", "--quiet", *scripts, *extra]
+            "--max_steps", "3", "--num_trials_per_task", "4", "--quiet", "--vlm_path", "unused-by-the-fakes", *scripts,
+            *extra]
     return main(argv, runner=runner, environ={})
 
 
@@ -188,7 +189,7 @@ def test_subprocess_runner_with_real_scripts(tmp_path):
         scripts.append(str(path))
     env = {"CRAFT_PYTHON": sys.executable, "PATH": os.environ.get("PATH", "")}
     argv = ["table1", "--output_dir", str(tmp_path / "out"), "--suites", "libero_spatial", "--seeds", "7", "--max_steps",
-            "2", "--num_trials_per_task", "2", "--launcher", "python", "--finetune_script", scripts[0], "--eval_script",
+            "2", "--num_trials_per_task", "2", "--launcher", "python", "--model_preset", "tiny", "--finetune_script", scripts[0], "--eval_script",
             scripts[1], "--quiet"]
     assert main(argv, environ=env) == 0
     log = (tmp_path / "out" / "runs" / "craft--libero_spatial--seed7" / "logs" / "train.log").read_text()

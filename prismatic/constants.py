@@ -45,3 +45,4 @@ LORA_ADAPTER_DIR = "lora_adapter"
 ACTION_QUERIES_FILE = "action_queries.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
 FINETUNE_CONFIG_FILE = "finetune_config.json"
+MANIFEST_FILE = "manifest.json"  # sha256 of every file of our checkpoints (prismatic/models/manifest.py)

@@ -10,16 +10,18 @@ Run directory layout (`<local_log_dir>/<run_id>/`):
     videos/             mp4s (agentview | wrist), depending on --save_videos
 
 Resuming: episodes with a record whose `error` is None are skipped; errored episodes are run again (the
-newest record of an episode wins when reading). The counters in the log continue from the earlier records.
+newest record of an episode wins when reading). A torn last line (a crash while it was written) is dropped,
+with a warning, before new records are appended. The counters in the log continue from the earlier records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prismatic.jsonl import append_record, drop_torn_tail
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class EvalRecorder:
         }
         self.errors: dict[tuple[int, int], EpisodeResult] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
+        drop_torn_tail(self.results_path)  # else the next record would be glued onto a crash's fragment
         self._log = open(self.log_path, "a")
         self._results = open(self.results_path, "a")
 
@@ -118,9 +121,7 @@ class EvalRecorder:
     def record(self, result: EpisodeResult) -> None:
         """Append the JSONL record (flushed and fsynced: a crash loses at most the running episode) and the
         upstream log block for one finished episode."""
-        self._results.write(json.dumps(result.record()) + "\n")
-        self._results.flush()
-        os.fsync(self._results.fileno())
+        append_record(self._results, result.record())
         if result.error is None:
             self.done[result.key] = result
             self.errors.pop(result.key, None)

@@ -23,16 +23,20 @@ Protocol (one request, one reply, over a Pipe; `SimWorker` is the main-process h
 `obs` is {"agentview": uint8 (H, W, 3), "wrist": uint8 (H, W, 3), "state": float32 (8,)}, images already
 rotated by 180 degrees (`env.extract_images`). Steps count policy steps only (the wait steps are excluded).
 An exception inside the worker comes back as `WorkerError` carrying the remote traceback; a crashed or hung
-worker raises `WorkerDied` (the caller restarts it).
+worker raises `WorkerDied` (the caller restarts it). A worker exits with the evaluator that started it, even
+one killed mid-episode (`_exit_with_parent`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -208,8 +212,37 @@ class _Simulator:
         return {"video_path": written}
 
 
-def _worker_main(conn, worker_index: int) -> None:
+PARENT_POLL_S = 1.0  # how often a worker checks that the evaluator that started it is still alive
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this worker die with the evaluator: a killed evaluator (kill -9, SIGTERM, a crash) runs no clean-up,
+    and a worker in the middle of an episode would only notice the closed pipe when it next replies. Linux:
+    the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG; the parent is the thread that started the
+    worker, so start workers from the main thread). Everywhere: a watchdog thread exits when the parent is
+    gone (the worker was re-parented)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog below still works
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn, worker_index: int, parent_pid: int | None = None) -> None:
     """Entry point of a spawned worker: set up LIBERO, announce readiness, serve requests until close."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     # Our own warnings, prefixed with the worker; not a root handler (that would repeat every robosuite line).
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[sim worker {worker_index}] %(levelname)s %(name)s: %(message)s"))
@@ -280,7 +313,7 @@ class SimWorker:
         prepare_libero()
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, self.index), daemon=True,
+        self._proc = ctx.Process(target=_worker_main, args=(child, self.index, os.getpid()), daemon=True,
                                  name=f"libero-sim-{self.index}")
         self._proc.start()
         child.close()

@@ -55,6 +55,7 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("DatasetSpec.name must be non-empty")
+        check_dataset_name(self.name)
         if not self.image_keys:
             raise ValueError(f"DatasetSpec({self.name}).image_keys must name at least one camera")
         if not self.proprio_slices:
@@ -131,8 +132,15 @@ def _is_generated_libero_name(name: str) -> bool:
     return name.startswith(SCRIPTED_PREFIX) and SCRIPTED_MARK in name[len(SCRIPTED_PREFIX) - 1:]
 
 
+def check_dataset_name(name: str) -> None:
+    """A dataset name is a directory under data_root_dir: one plain name, never a path that leaves it."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise ValueError(f"dataset name {name!r} must be a plain directory name (no '/', '\\' or leading '.')")
+
+
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The spec of a single dataset (not a mixture); unknown names are an error listing the known ones."""
+    check_dataset_name(name)
     if name in DATASET_REGISTRY:
         return DATASET_REGISTRY[name]
     if _is_generated_libero_name(name):

@@ -101,3 +101,31 @@ def read_episodes(builder, *, shuffle_seed: int | None):
         decoders={"steps": tfds.decode.SkipDecoding()},  # steps as batched tensors; images stay encoded
         read_config=read_config,
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def is_data_loss(e: BaseException) -> bool:
+    """A damaged record file: TF's DataLossError ("corrupted record at ...", "truncated record at ...")."""
+    return isinstance(e, get_tf().errors.DataLossError)
+
+
+def damaged_shards(builder_dir: Path) -> list[str]:
+    """Read every record file of a dataset once (records only, nothing decoded) and list the damaged ones as
+    "<file>: <TF's message>". Used after a DataLossError, whose message does not say which file it was."""
+    tf = get_tf()
+    damaged = []
+    for path in sorted(Path(builder_dir).glob("*.tfrecord*")):
+        try:
+            for _ in tf.data.TFRecordDataset(str(path)):
+                pass
+        except tf.errors.DataLossError as e:
+            damaged.append(f"{path}: {e.message.splitlines()[0] if e.message else type(e).__name__}")
+    return damaged
+
+
+def data_loss_error(builder_dirs: list[Path], e: BaseException) -> ValueError:
+    """The error for a DataLossError met while reading `builder_dirs`: which file, and what to do."""
+    damaged = [d for builder_dir in builder_dirs for d in damaged_shards(builder_dir)]
+    where = "; ".join(damaged) if damaged else f"a record file under {', '.join(map(str, builder_dirs))} ({e})"
+    return ValueError(f"damaged dataset file: {where}. The file is truncated or corrupted: re-download the "
+                      f"dataset, or regenerate it (vla-scripts/make_synthetic_libero_rlds.py, "
+                      f"vla-scripts/generate_libero_demos.py) if it was generated")

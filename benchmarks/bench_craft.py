@@ -5,7 +5,7 @@
 Methods (same model, same batch, interleaved step by step, median of --steps after --warmup):
     baseline      plain fine-tuning step (LoRA + head), prismatic.training.step.train_step
     craft         our CRaFT: anchor forward with adapters disabled (LoRA branch skipped), g_ret by
-                  autograd.grad, foreach-batched projection, constant host syncs
+                  autograd.grad, in-place projection + combination into the gradient buffers, constant host syncs
     craft-noproj  ours with the projection off (g = g_act + λ g_ret)
     craft-cache   ours with the anchor-feature cache (valid without image augmentation), cache warm
     reference     the published recipe: copy the initial trainable weights from a CPU copy into the model
@@ -15,27 +15,27 @@ Methods (same model, same batch, interleaved step by step, median of --steps aft
 
 Before timing, ours and the reference take one step from the same state (deep-copied model and optimizer)
 and must give the same parameters (max abs difference <= 1e-6).
-Peak memory: each method runs alone in a subprocess (peak RSS on CPU, max allocated on CUDA).
-Gradient combination: time of CRaFT's projection + combination on the step's real gradients, as a share of
-the CRaFT step; host syncs: tensor->host reads during one train_step, counted for tiny and mid.
+Gradient combination: the time spent inside CRaFT's projection + combination (CraftRuntime.combine) during
+the timed steps, as a share of the CRaFT step.
+Peak memory of one step, LoRA and full fine-tuning: on CUDA torch.cuda.max_memory_allocated above the memory
+held before the step; on CPU the same quantity from tensor-level accounting (every tensor allocated during
+the step, alive until freed; process RSS cannot tell the methods apart, it is dominated by the libraries).
+Host syncs: tensor->host reads during one train_step, counted for tiny and mid.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
+import weakref
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import prismatic  # noqa: F401
 from prismatic.models.config import get_preset
@@ -65,7 +65,8 @@ def _sync(device: torch.device) -> None:
 class Setup:
     """A model (LoRA r=8), its optimizer, one fixed batch, and the CRaFT runtime for one method."""
 
-    def __init__(self, preset: str, batch_size: int, method: str, seed: int = 0, projection_eps: float = 1e-8):
+    def __init__(self, preset: str, batch_size: int, method: str, seed: int = 0, projection_eps: float = 1e-8,
+                 full_ft: bool = False):
         self.device = _device()
         cfg = get_preset(preset)
         cfg.action_head.train_noise_std = 0.0  # deterministic, so ours and the reference can be compared
@@ -76,7 +77,8 @@ class Setup:
                       random_batch(cfg, tok, batch_size, np.random.default_rng(seed)).items()}
         self.batch["sample_keys"] = [f"sample-{i}" for i in range(batch_size)]
         torch.manual_seed(seed)
-        self.model = apply_lora(VLAAdapter(cfg).to(self.device), rank=8, alpha=16, dropout=0.0)
+        model = VLAAdapter(cfg).to(self.device)
+        self.model = model.requires_grad_(True) if full_ft else apply_lora(model, rank=8, alpha=16, dropout=0.0)
         self.named = trainable_named_parameters(self.model)
         self.params = [p for _, p in self.named]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
@@ -92,6 +94,19 @@ class Setup:
             craft = CraftRuntime.from_initial_model(self.model, FinetuneConfig(**flags).craft_config(), cfg,
                                                     self.params)
         self.craft = craft
+        self.combine_seconds: list[float] = []  # time inside CraftRuntime.combine, per step
+        if craft is not None:
+            combine = craft.combine
+
+            def timed_combine(grads):
+                _sync(self.device)
+                t0 = time.perf_counter()
+                out = combine(grads)
+                _sync(self.device)
+                self.combine_seconds.append(time.perf_counter() - t0)
+                return out
+
+            craft.combine = timed_combine
         # The reference keeps θ0 as a CPU copy of every trainable tensor (as the original recipe does).
         self.theta0_cpu = {n: p.detach().to("cpu", copy=True) for n, p in self.named}
         self.lam = 1.0
@@ -209,7 +224,7 @@ class _SyncCounter:
 
 def count_host_syncs(preset: str, batch_size: int) -> dict[str, int]:
     """Host reads in one baseline step, one CRaFT step, and in CRaFT's gradient combination alone."""
-    from prismatic.training.craft.projection import combine, project_conflicting
+    from prismatic.training.craft.projection import project_and_combine_
 
     counts = {}
     for method in ("baseline", "craft"):
@@ -221,11 +236,69 @@ def count_host_syncs(preset: str, batch_size: int) -> dict[str, int]:
     g_act = [torch.randn_like(p) for p in s.params]
     g_ret = [torch.randn_like(p) for p in s.params]
     with _SyncCounter() as c:
-        proj, stats = project_conflicting(g_act, g_ret, 1e-8, "tensor")
-        combine(proj, g_ret, 1.0)
+        project_and_combine_(g_act, g_ret, 1.0, 1e-8, "tensor")
     counts["combination"] = c.n
     counts["tensors"] = len(s.params)
     return counts
+
+
+class TensorMemoryTracker(TorchDispatchMode):
+    """Bytes of tensor storage allocated while active and still alive; `peak` is the maximum.
+
+    Every aten op's outputs are inspected: a storage not among the op's inputs is a new allocation (views and
+    in-place results share an input's storage and are not counted again). A storage is released when the last
+    tensor seen on it is freed (weakref finalizers). Storages that existed before (weights, optimizer state)
+    are not counted, so this is the memory a step adds on top of the model and optimizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage data_ptr -> [nbytes, tensors alive on it]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.live[ptr]
+                self.current -= entry[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr == 0:
+                continue
+            if ptr in self.live:
+                self.live[ptr][1] += 1
+            elif ptr in inputs:
+                continue  # a view / in-place result of a storage that existed before
+            else:
+                self.live[ptr] = [storage.nbytes(), 1]
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+            weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def step_peak_memory_mb(preset: str, batch_size: int, method: str, full_ft: bool) -> float:
+    """Peak memory one step adds on top of weights and optimizer state (see module docstring)."""
+    s = Setup(preset, batch_size, method, full_ft=full_ft)
+    s.drift(1)  # optimizer state exists, θ != θ0
+    _sync(s.device)
+    if s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        s.step()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with TensorMemoryTracker() as tracker:
+        s.step()
+    return tracker.peak / 2**20
 
 
 def anchor_forward_time(s: Setup, repeats: int = 5) -> float:
@@ -234,50 +307,11 @@ def anchor_forward_time(s: Setup, repeats: int = 5) -> float:
     for _ in range(repeats + 1):
         _sync(s.device)
         t0 = time.perf_counter()
-        s.craft.anchor.compute_features(s.model, s.batch)
+        with torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else _null():
+            s.craft.anchor.compute_features(s.model, s.batch)
         _sync(s.device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
-
-
-def combination_time(s: Setup, repeats: int = 5) -> float:
-    """Median time of projection + combination on real gradients of this setup's batch."""
-    from prismatic.training.craft.projection import combine, project_conflicting
-
-    s.drift(1)
-    g_act = [torch.randn_like(p) for p in s.params]
-    g_ret = [torch.randn_like(p) for p in s.params]
-    times = []
-    for _ in range(repeats + 1):
-        _sync(s.device)
-        t0 = time.perf_counter()
-        proj, stats = project_conflicting(g_act, g_ret, 1e-8, "tensor")
-        out = combine(proj, g_ret, 1.0)
-        torch.cat([stats.as_tensor(), out[0].reshape(-1)[:1]]).tolist()
-        _sync(s.device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
-
-
-def peak_memory_subprocess(preset: str, batch_size: int, method: str, steps: int) -> float:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory_worker", method, "--presets", preset,
-           "--batch_size", str(batch_size), "--steps", str(steps)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    if out.returncode != 0:
-        raise RuntimeError(f"memory worker {method} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
-
-
-def memory_worker(preset: str, batch_size: int, method: str, steps: int) -> None:
-    s = Setup(preset, batch_size, method)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(steps):
-        s.step()
-    if s.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = max(base_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
-    print(json.dumps({"peak_mb": peak}))
 
 
 def bench_preset(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
@@ -285,6 +319,7 @@ def bench_preset(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
     setups = {m: Setup(preset, batch_size, m) for m in METHODS}
     for s in setups.values():
         s.drift(1)
+        s.combine_seconds.clear()
     times = {m: [] for m in METHODS}
     for i in range(warmup + steps):
         for m, s in setups.items():  # interleaved: drift in machine load hits every method alike
@@ -295,9 +330,11 @@ def bench_preset(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
             if i >= warmup:
                 times[m].append(time.perf_counter() - t0)
     med = {m: statistics.median(t) for m, t in times.items()}
-    comb = combination_time(setups["craft"])
+    comb = statistics.median(setups["craft"].combine_seconds[warmup:])
     anchor = anchor_forward_time(setups["craft"])
-    mem = {m: peak_memory_subprocess(preset, batch_size, m, 3) for m in ("baseline", "craft", "reference")}
+    del setups
+    mem = {kind: {m: step_peak_memory_mb(preset, batch_size, m, full_ft=kind == "full")
+                  for m in ("baseline", "craft", "reference")} for kind in ("lora", "full")}
     return {"diff": diff, "median": med, "combination_s": comb, "anchor_s": anchor, "memory_mb": mem}
 
 
@@ -307,11 +344,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--memory_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
-        memory_worker(args.presets[0], args.batch_size, args.memory_worker, args.steps)
-        return
     print(f"device: {_device()}, batch {args.batch_size}, median of {args.steps} steps after {args.warmup} warm-up")
     for p in args.presets:
         c = count_host_syncs(p, args.batch_size)
@@ -328,17 +361,18 @@ def main() -> None:
         print(f"{'method':<14} {'step s':>8} {'x baseline':>11}")
         for m in METHODS:
             print(f"{m:<14} {r['median'][m]:>8.3f} {r['median'][m] / base:>11.2f}")
-        print(f"gradient combination: {r['combination_s'] * 1e3:.2f} ms = "
+        print(f"gradient combination (projection + combination inside the step): {r['combination_s'] * 1e3:.2f} ms = "
               f"{100 * r['combination_s'] / r['median']['craft']:.2f}% of the CRaFT step")
+        print(f"ours vs reference: {100 * (1 - r['median']['craft'] / r['median']['reference']):.1f}% faster")
         extra = r["median"]["craft"] - base
         rest = extra - r["anchor_s"] - r["combination_s"]
         print(f"where CRaFT's extra {extra * 1e3:.1f} ms go: anchor forward {r['anchor_s'] * 1e3:.1f} ms, "
               f"projection + combination {r['combination_s'] * 1e3:.1f} ms, retention backward + bookkeeping "
               f"{rest * 1e3:.1f} ms")
-        mem = r["memory_mb"]
-        print("peak memory MB: " + ", ".join(f"{m} {v:.0f}" for m, v in mem.items())
-              + f"  (craft +{100 * (mem['craft'] / mem['baseline'] - 1):.1f}%, "
-              f"reference +{100 * (mem['reference'] / mem['baseline'] - 1):.1f}%)")
+        for kind, mem in r["memory_mb"].items():
+            print(f"peak step memory MB ({kind}, above weights + optimizer state): "
+                  + ", ".join(f"{m} {v:.1f}" for m, v in mem.items())
+                  + f"  (craft +{mem['craft'] - mem['baseline']:.1f}, reference +{mem['reference'] - mem['baseline']:.1f})")
     last = results[args.presets[-1]]["median"]
     print(f"craft/baseline step time ratio: {last['craft'] / last['baseline']:.2f}  "
           f"reference/baseline: {last['reference'] / last['baseline']:.2f}")

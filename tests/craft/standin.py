@@ -21,17 +21,19 @@ CHUNK, ACTION_DIM, PROPRIO_DIM = 2, 3, 5
 class StandInOutput:
     predicted_actions: Tensor
     loss: Tensor | None = None
+    curr_action_l1: Tensor | None = None
+    next_actions_l1: Tensor | None = None
     raw_latent_features: Tensor | None = None
     action_query_features: Tensor | None = None
 
 
 class _Block(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.3) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(D)
         self.fc1 = nn.Linear(D, 2 * D)
         self.fc2 = nn.Linear(2 * D, D)
-        self.dropout = nn.Dropout(0.3)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         # Causal token mixing: position t sees the mean of positions <= t.
@@ -41,21 +43,21 @@ class _Block(nn.Module):
 
 
 class _LLM(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.3) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(VOCAB, D)
-        self.layers = nn.ModuleList(_Block() for _ in range(NUM_LAYERS))
+        self.layers = nn.ModuleList(_Block(dropout) for _ in range(NUM_LAYERS))
         self.norm = nn.LayerNorm(D)
 
 
 class StandInVLA(nn.Module):
     num_layers = NUM_LAYERS
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.3) -> None:
         super().__init__()
         self.vision_backbone = nn.Linear(PATCH_DIM, D)
         self.projector = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, D))
-        self.language_model = _LLM()
+        self.language_model = _LLM(dropout)
         self.action_queries = nn.Embedding(NUM_QUERIES, D)
         self.action_head = nn.Linear(D, CHUNK * ACTION_DIM)
         self.proprio_projector = nn.Linear(PROPRIO_DIM, D)
@@ -89,7 +91,10 @@ class StandInVLA(nn.Module):
         predicted = self.action_head(head_in).reshape(b, CHUNK, ACTION_DIM)
         out = StandInOutput(predicted_actions=predicted)
         if actions is not None:
-            out.loss = (predicted - actions).abs().mean()
+            err = (predicted.float() - actions).abs()
+            out.loss = err.mean()
+            out.curr_action_l1 = err[:, 0].mean()
+            out.next_actions_l1 = err[:, 1:].mean() if CHUNK > 1 else None
         if output_craft_features:
             m = NUM_LAYERS // 2 if craft_layer_idx is None else craft_layer_idx
             out.raw_latent_features = hidden[m][:, :NUM_PATCHES]
@@ -111,9 +116,9 @@ def make_batch(batch_size: int = 4, seq_len: int = 5, seed: int = 0) -> dict:
     }
 
 
-def make_model(seed: int = 0) -> StandInVLA:
+def make_model(seed: int = 0, dropout: float = 0.3) -> StandInVLA:
     torch.manual_seed(seed)
-    return StandInVLA()
+    return StandInVLA(dropout)
 
 
 def lora_wrap(model: StandInVLA, init_lora_weights: bool | str = "gaussian"):

@@ -243,3 +243,31 @@ def test_constructor_validation():
         AnchorModel("snapshot", {}, None)
     with pytest.raises(ValueError, match="anchor mode"):
         AnchorModel("copy", {}, LAYER)
+
+
+def test_resume_refuses_different_frozen_base_weights():
+    """θ0 in LoRA mode is the frozen base reloaded from --vlm_path: a different base must be refused on resume,
+    with the flag named; the same base (rebuilt from scratch) is accepted."""
+    batch = make_batch()
+    model = lora_wrap(make_model(seed=1))
+    anchor = AnchorModel.from_initial_state(model, layer_idx=LAYER)
+    assert anchor.fingerprint and all(not n.startswith("action_head.") for n in anchor.fingerprint)
+    train_steps(model, batch)
+    state = anchor.state_dict()
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def resumed(base_seed):
+        m = lora_wrap(make_model(seed=base_seed))  # the base "reloaded from --vlm_path"
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if p.requires_grad:
+                    p.copy_(trained[n])  # the checkpoint restores only the trainable tensors
+        return m
+
+    same = resumed(1)
+    restored = AnchorModel.from_state_dict(same, state, layer_idx=LAYER)
+    _assert_same(restored.anchor_features(same, batch), anchor.anchor_features(model, batch))
+    with pytest.raises(ValueError, match="--vlm_path"):
+        AnchorModel.from_state_dict(resumed(2), state, layer_idx=LAYER)
+    # A checkpoint without a fingerprint (older format) still loads, with a warning.
+    AnchorModel.from_state_dict(resumed(2), dict(state, base_fingerprint=None), layer_idx=LAYER)

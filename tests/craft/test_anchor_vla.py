@@ -77,3 +77,36 @@ def test_anchor_matches_a_fresh_model_before_and_after_training(use_lora):
     drift = retention_loss(current, after, "concat")
     assert float(drift.loss) > 1e-6  # training moved Φ(θ) away from Φ(θ0)
     assert float(retention_loss(before, after, "concat").loss) < 1e-10
+
+
+@pytest.mark.parametrize("order", ["current_first", "anchor_first"])
+def test_anchor_in_one_autocast_region_is_independent_of_the_weight_cache(order):
+    """Autocast caches the bf16 cast of every fp32 Parameter for the whole region; the anchor forward swaps θ0
+    into the same Parameters (full fine-tuning: every weight). In ONE region, the anchor must still see θ0 and
+    the training forward θ, in either order."""
+    config = get_preset("tiny")
+    layer = CraftConfig().resolve_anchor_layer(config.llm.num_hidden_layers)
+    batch = _batch(config)
+    model = _model(seed=0)
+    anchor = AnchorModel.from_initial_state(model, layer_idx=layer)
+    assert anchor.mode == "snapshot"
+    _train(model, batch, layer)
+    model.eval()  # deterministic current features (no head noise); the anchor forward is eval anyway
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "proprio")}
+
+    def current():
+        out = model(**inputs, output_craft_features=True, craft_layer_idx=layer)
+        return pool_features(out.raw_latent_features, out.action_query_features, "mean")
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # separate regions: the reference values
+        expected_anchor = anchor.anchor_features(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_current = current()
+    assert not torch.allclose(expected_anchor.aq, expected_current.aq, atol=1e-3)  # θ really moved
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if order == "current_first":
+            cur, anc = current(), anchor.anchor_features(model, batch)
+        else:
+            anc, cur = anchor.anchor_features(model, batch), current()
+    for got, want in ((anc, expected_anchor), (cur, expected_current)):
+        assert torch.equal(got.raw, want.raw) and torch.equal(got.aq, want.aq)

@@ -6,6 +6,8 @@ import torch
 from prismatic.training.craft.features import (
     PooledFeatures,
     build_features,
+    part_scales_from_sums,
+    part_sums_of_squares,
     pool_features,
     pool_tokens,
     retention_loss,
@@ -81,13 +83,18 @@ def test_per_part_normalisation_divides_by_the_anchor_rms():
     plain = retention_loss(cur, ref, "concat")
     assert plain.part_mse["raw"].item() == pytest.approx(0.25)
     assert plain.part_mse["aq"].item() == pytest.approx(1e-6)
-    normed = retention_loss(cur, ref, "concat", normalize_parts=True)
+    sums = part_sums_of_squares(ref)
+    assert sums["raw"][0].item() == pytest.approx(50.0) and sums["raw"][1] == 4
+    rms = part_scales_from_sums(torch.stack([sums["raw"][0], sums["aq"][0]]), [sums["raw"][1], sums["aq"][1]])
+    assert rms.tolist() == pytest.approx([12.5 ** 0.5, 1e-3])
+    scale = {"raw": rms[0], "aq": rms[1]}
+    normed = retention_loss(cur, ref, "concat", scale)
     assert normed.part_mse["raw"].item() == pytest.approx(0.25 / 12.5)  # / rms² = 12.5
     assert normed.part_mse["aq"].item() == pytest.approx(1.0)  # relative error 100 % on every element
     assert normed.loss.item() == pytest.approx((0.25 / 12.5 + 1.0) / 2)
     # The scale is the anchor's, detached: the gradient w.r.t. the current features is 2 (x - x0) / rms² / N.
     cur_raw = cur.raw.clone().requires_grad_(True)
-    retention_loss(PooledFeatures(cur_raw, None), PooledFeatures(ref.raw, None), "raw_only", True).loss.backward()
+    retention_loss(PooledFeatures(cur_raw, None), PooledFeatures(ref.raw, None), "raw_only", scale).loss.backward()
     assert torch.allclose(cur_raw.grad, 2 * (cur.raw - ref.raw) / 12.5 / 4)
 
 

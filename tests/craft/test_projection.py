@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from prismatic.training.craft.projection import ProjectionStats, combine, measure_conflicts, project_conflicting
+from prismatic.training.craft.projection import (
+    ProjectionStats,
+    combine,
+    measure_conflicts,
+    project_and_combine_,
+    project_conflicting,
+)
 
 T = torch.tensor
 
@@ -58,10 +64,18 @@ def test_projection_is_idempotent():
     a = [torch.randn(5, 7, generator=g), torch.randn(11, generator=g), torch.randn(3, 3, 3, generator=g)]
     r = [-x + 0.3 * torch.randn(x.shape, generator=g) for x in a]  # all conflicting
     once, s1 = project_conflicting(a, r)
-    twice, _ = project_conflicting(once, r)
+    twice, s2 = project_conflicting(once, r)
     assert int(s1.num_conflicting) == 3
-    for x, y in zip(once, twice):
-        assert torch.allclose(x, y, rtol=1e-6, atol=1e-6)
+    for x, p, y, rr in zip(a, once, twice, r):
+        # The first projection did something: the conflict (most of a) is gone, <a', r> ≈ 0 ...
+        assert (p - x).norm() > 0.5 * x.norm()
+        assert abs(_dot64(p, rr)) <= 1e-6 * _norm64(x) * _norm64(rr)
+        # ... and it equals the textbook A-GEM rule, computed in float64.
+        x64, r64 = x.double(), rr.double()
+        assert torch.allclose(p.double(), x64 - (x64 * r64).sum() / (r64 * r64).sum() * r64, atol=1e-6)
+        # The second changes (almost) nothing: what is left is rounding, ~1e-7 of ‖a‖.
+        assert (y - p).norm() <= 1e-6 * x.norm()
+    assert float(s2.energy_removed) < 1e-6
 
 
 def test_statistics_on_a_hand_computed_case():
@@ -127,6 +141,27 @@ def test_random_mixed_scale_tensors_satisfy_the_contract(dtype):
     assert all(torch.equal(t, b) for t, b in zip(a + r, before))  # inputs untouched
 
 
+@pytest.mark.slow
+def test_the_bound_holds_for_large_tensors_without_float64():
+    """n up to 2^24 + 3 elements (several scratch chunks): a plain fp32 dot / norm kernel is off by ~1e-3
+    relative there, the chunked cascade sums keep <a', r> >= -1e-6 ‖a‖ ‖r‖."""
+    g = torch.Generator().manual_seed(7)
+    n = (1 << 24) + 3
+    a = torch.randn(n, generator=g)
+    cases = {
+        "anti-parallel + noise": -a + 1e-3 * torch.randn(n, generator=g),
+        "random, one-sided": -(a.abs() * torch.rand(n, generator=g)) * a.sign() * 1e-12,  # tiny, strongly conflicting
+        "mixed": torch.where(torch.rand(n, generator=g) < 0.6, -a, torch.randn(n, generator=g)),
+    }
+    for name, r in cases.items():
+        (out,), stats = project_conflicting([a], [r])
+        assert int(stats.num_conflicting) == 1, name
+        residual = _dot64(out, r) / (_norm64(a) * _norm64(r))
+        assert residual >= -1e-6, (name, residual)
+        assert abs(residual) < 1e-6, (name, residual)  # and it is orthogonal, not over-projected
+        del out
+
+
 # ---------------------------------------------------------------------------------------------------
 # granularity
 # ---------------------------------------------------------------------------------------------------
@@ -146,6 +181,26 @@ def test_tensor_and_global_granularity_differ_on_a_crafted_case():
     assert abs(sum(_dot64(x, y) for x, y in zip(global2, r2))) < 1e-6
     per_tensor2, _ = project_conflicting(a, r2, granularity="tensor")
     assert torch.allclose(per_tensor2[0], T([0.0, 0.0])) and torch.equal(per_tensor2[1], a[1])
+
+
+def test_global_granularity_projects_tensors_that_have_only_a_retention_gradient():
+    # The concatenated vectors: a = (1, 0 | 0, 0 [missing]), r = (-1, 0 | 0, 1). dot = -1, ‖r‖² = 2: c = -1/2,
+    # a' = a + r / 2 = (0.5, 0 | 0, 0.5), orthogonal to r. Applying the step to the first tensor only would
+    # leave <a', r> = -0.5: still conflicting.
+    a = [T([1.0, 0.0]), None]
+    r = [T([-1.0, 0.0]), T([0.0, 1.0])]
+    out, stats = project_conflicting(a, r, granularity="global")
+    assert torch.allclose(out[0], T([0.5, 0.0])) and torch.allclose(out[1], T([0.0, 0.5]))
+    assert abs(sum(_dot64(x, y) for x, y in zip(out, r))) < 1e-6
+    assert float(stats.projected_act_norm) == pytest.approx(0.5 ** 0.5)
+    assert float(stats.energy_removed) == pytest.approx(0.5)
+    # Per-tensor granularity leaves the g_ret-only tensor alone (nothing to project: its dot is 0).
+    out_t, _ = project_conflicting(a, r, granularity="tensor")
+    assert torch.allclose(out_t[0], T([0.0, 0.0])) and out_t[1] is None
+    # The in-place combination writes a' + λ r, for the g_ret-only tensor too.
+    g, _ = project_and_combine_([t.clone() if t is not None else None for t in a], [t.clone() for t in r], 2.0,
+                                granularity="global")
+    assert torch.allclose(g[0], T([-1.5, 0.0])) and torch.allclose(g[1], T([0.0, 2.5]))
 
 
 def test_global_granularity_with_tensors_of_very_different_scales():

@@ -22,7 +22,12 @@ per step. A resumed run restores the snapshot saved at the start (`from_state_di
 the weights it just loaded.
 
 The anchor forward runs in eval mode (restored module by module afterwards): the anchor is a target,
-and dropout (e.g. LoRA dropout in snapshot mode) would only add noise to it.
+and dropout (e.g. LoRA dropout in snapshot mode) would only add noise to it. It runs with autocast's weight
+cache off (`_uncached_autocast`), so it sees θ0 and leaves θ's cached casts alone even inside the training
+forward's autocast region.
+
+θ0's frozen part is the base model reloaded from --vlm_path on resume: `base_fingerprint` (a hash of a strided
+sample of every frozen tensor) is saved with the anchor and checked by `from_state_dict`.
 """
 
 from __future__ import annotations
@@ -187,6 +192,58 @@ def _swapped_parameters(pairs: Sequence[tuple[nn.Parameter, Tensor]]) -> Iterato
             p.data = data
 
 
+def _uncached_autocast(device: torch.device):
+    """The caller's autocast (same dtype, same on/off), but with autocast's weight cache off.
+
+    Autocast caches the low-precision cast of every fp32 leaf Parameter for the whole (outermost) autocast
+    region, keyed by the Parameter. The anchor forward swaps θ0 values into `p.data` of the same
+    Parameters: with the cache on, an anchor forward after the training forward in one region would reuse
+    the casts of the CURRENT weights (anchor = Φ(θ)), and a training forward after the anchor forward would
+    reuse the casts of θ0. With the cache off here, the anchor casts what `p.data` holds now and leaves the
+    cache untouched."""
+    kind = device.type
+    if not torch.is_autocast_enabled(kind):
+        return nullcontext()
+    return torch.autocast(device_type=kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False)
+
+
+def base_fingerprint(model: nn.Module, exclude_prefixes: Sequence[str] = PHI_INDEPENDENT_PREFIXES) -> dict[str, str]:
+    """A fingerprint of the FROZEN weights θ0 is built from (the base VLM loaded from --vlm_path): per frozen
+    parameter, a SHA-256 of its name, shape, dtype and a strided sample of 1024 of its values (raw bytes).
+
+    Exact and device-independent (the same file gives the same bits on every device); one small
+    device-to-host copy per tensor, once at start and once on resume. Trainable parameters are not
+    included: θ0's values of those are in the snapshot (or are LoRA adapters, disabled in θ0)."""
+    import hashlib
+
+    base = _base_module(unwrap_model(model))
+    prints: dict[str, str] = {}
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if p.requires_grad or name.startswith(tuple(exclude_prefixes)) or p.device.type == "meta":
+                continue
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)][:1024].cpu().contiguous()
+            digest = hashlib.sha256(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+            digest.update(sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b"")
+            prints[name] = digest.hexdigest()[:16]
+    return prints
+
+
+def check_base_fingerprint(saved: Mapping[str, str], current: Mapping[str, str]) -> None:
+    """Raise naming --vlm_path when the frozen base weights differ from the ones the run started from."""
+    missing = sorted(set(saved) - set(current))
+    unexpected = sorted(set(current) - set(saved))
+    changed = sorted(n for n in set(saved) & set(current) if saved[n] != current[n])
+    if missing or unexpected or changed:
+        raise ValueError(
+            "the frozen base weights that θ0 (the CRaFT anchor) is built from differ from the ones this run "
+            f"started with: changed {changed[:5]} ({len(changed)}), missing {missing[:5]} ({len(missing)}), "
+            f"new {unexpected[:5]} ({len(unexpected)}). Resume with the --vlm_path (and model preset) the run "
+            "started from: the anchor would otherwise silently move to a different model"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------
 # per-sample anchor-feature cache
 # ----------------------------------------------------------------------------------------------------
@@ -276,6 +333,9 @@ class AnchorModel:
         self.pooling = pooling
         self.exclude_prefixes = tuple(exclude_prefixes)
         self.cache = AnchorFeatureCache() if use_cache else None
+        # Fingerprint of the frozen base weights θ0 is built from (`base_fingerprint`); None = unknown
+        # (a checkpoint written before fingerprints existed).
+        self.fingerprint: dict[str, str] | None = None
         self._verified_model: int | None = None
 
     # ---- construction ----
@@ -309,6 +369,7 @@ class AnchorModel:
         with torch.no_grad():
             snapshot = {name: p.detach().clone() for name, p in params.items()}
         anchor = cls(mode, snapshot, layer_idx, pooling, use_cache, exclude_prefixes)
+        anchor.fingerprint = base_fingerprint(model, exclude_prefixes)
         log.info("CRaFT anchor (%s): %d frozen tensors, %.1f MB on %s", mode, len(snapshot),
                  anchor.snapshot_nbytes / 2**20, sorted({str(t.device) for t in snapshot.values()}) or "-")
         return anchor
@@ -324,7 +385,8 @@ class AnchorModel:
         exclude_prefixes: Sequence[str] = PHI_INDEPENDENT_PREFIXES,
     ) -> AnchorModel:
         """Resume: θ0 from a checkpoint's `state_dict()`; the (already trained) weights of `model` only
-        decide where the snapshot tensors go and validate names, shapes and dtypes."""
+        decide where the snapshot tensors go and validate names, shapes and dtypes. The frozen base weights
+        of `model` (reloaded from --vlm_path) must match the checkpoint's fingerprint of them."""
         mode, saved = cls._parse_state(state)
         model = unwrap_model(model)
         if mode == "disable_adapters" and not _is_peft_model(model):
@@ -332,7 +394,15 @@ class AnchorModel:
                              "(was the run started with --use_lora True?)")
         expected = _phi_parameters(_base_module(model), mode, exclude_prefixes)
         snapshot = cls._match_snapshot(saved, expected)
-        return cls(mode, snapshot, layer_idx, pooling, use_cache, exclude_prefixes)
+        anchor = cls(mode, snapshot, layer_idx, pooling, use_cache, exclude_prefixes)
+        anchor.fingerprint = base_fingerprint(model, exclude_prefixes)
+        saved_print = state.get("base_fingerprint")
+        if saved_print is None:
+            log.warning("this checkpoint has no fingerprint of the frozen base weights (written by an older "
+                        "version): cannot verify that --vlm_path gives the same θ0 as at the start")
+        else:
+            check_base_fingerprint(saved_print, anchor.fingerprint)
+        return anchor
 
     @staticmethod
     def _parse_state(state: Mapping[str, Any]) -> tuple[str, Mapping[str, Tensor]]:
@@ -365,11 +435,13 @@ class AnchorModel:
 
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:
-        """{"format_version", "mode", "snapshot": {name: CPU tensor}}; loadable with torch.load(weights_only=True)."""
+        """{"format_version", "mode", "snapshot": {name: CPU tensor}, "base_fingerprint": {name: hex}};
+        loadable with torch.load(weights_only=True)."""
         return {
             "format_version": STATE_FORMAT_VERSION,
             "mode": self.mode,
             "snapshot": {n: t.detach().cpu().clone() for n, t in self.snapshot.items()},
+            "base_fingerprint": None if self.fingerprint is None else dict(self.fingerprint),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -426,7 +498,8 @@ class AnchorModel:
             self._verify(model, base)
         inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
         adapters_off = _adapters_disabled(self._adapter_layers) if self.mode == "disable_adapters" else nullcontext()
-        with adapters_off, _eval_mode(self._modules), _swapped_parameters(self._snapshot_pairs):
+        with adapters_off, _eval_mode(self._modules), _swapped_parameters(self._snapshot_pairs), \
+                _uncached_autocast(batch["input_ids"].device):
             out = base(**inputs, output_craft_features=True, craft_layer_idx=self.layer_idx,
                        **self._skip_head_kwargs)
         raw, aq = getattr(out, "raw_latent_features", None), getattr(out, "action_query_features", None)

@@ -59,7 +59,8 @@ class CraftConfig:
     projection_granularity: str = "tensor"
     # Divide each pooled part (current and anchor) by the anchor part's RMS before the MSE. The mid-layer
     # residual stream and the normed last layer can differ in scale by orders of magnitude; without this,
-    # the larger part dominates L_ret. Makes L_ret (and ε) relative.
+    # the larger part dominates L_ret. Makes L_ret (and ε) relative. The RMS is measured once, at θ0 on the
+    # first optimizer step's global batch (all micro-batches and ranks), then fixed and checkpointed.
     normalize_parts: bool = False
     # CRaFT metric window and logging period, in optimizer steps (the conflict ratio sums over the window).
     log_freq: int = 10

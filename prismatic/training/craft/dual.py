@@ -74,6 +74,12 @@ class DualState:
             self.lam = (self.lam + self.lr * (loss - self.budget)).clamp(0.0, self.lambda_max)
         return self.lam
 
+    def reset(self, value: float) -> None:
+        """Set λ (a resume with a changed --craft_retention_weight); the update count is kept."""
+        if not 0.0 <= value <= self.lambda_max:
+            raise ValueError(f"λ={value} lies outside [0, craft_lambda_max={self.lambda_max}]")
+        self.lam = torch.tensor(float(value), dtype=torch.float64, device=self.lam.device)
+
     def to(self, device: torch.device | str) -> DualState:
         self.lam = self.lam.to(device)
         return self

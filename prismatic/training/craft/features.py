@@ -11,6 +11,7 @@ a bf16 squared difference of two nearby features, loses most of the signal L_ret
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -92,15 +93,39 @@ def build_features(raw: Tensor | None, aq: Tensor | None, anchor_type: str, pool
     )
 
 
+def part_sums_of_squares(anchor: PooledFeatures) -> dict[str, tuple[Tensor, int]]:
+    """Per part present: (Σ x² over (B, D) in fp32, number of elements) of the anchor features.
+
+    Summed over the micro-batches of the first step and all-reduced across ranks, these give the fixed
+    per-part scale of `--craft_normalize_parts` (`part_scales_from_sums`)."""
+    out = {}
+    for name in PARTS:
+        part = anchor.part(name)
+        if part is not None:
+            out[name] = (part.detach().float().pow(2).sum(), part.numel())
+    return out
+
+
+def part_scales_from_sums(sum_sq: Tensor, counts: Sequence[int]) -> Tensor:
+    """RMS per part from summed squares (P,) and element counts: sqrt(Σx² / n), floored at RMS_FLOOR."""
+    n = torch.tensor([float(c) for c in counts], dtype=sum_sq.dtype, device=sum_sq.device)
+    return (sum_sq / n).sqrt().clamp_min(RMS_FLOOR)
+
+
 def retention_loss(
-    current: PooledFeatures, anchor: PooledFeatures, anchor_type: str, normalize_parts: bool = False
+    current: PooledFeatures,
+    anchor: PooledFeatures,
+    anchor_type: str,
+    part_scale: Mapping[str, Tensor] | None = None,
 ) -> RetentionLoss:
     """L_ret = MSE(Φ(θ), Φ(θ0)), mean over batch and feature dims (so concat = mean of the two part MSEs).
 
-    With `normalize_parts`, each part of both the current and the anchor features is divided by the
-    anchor part's RMS over (B, D) (a constant: the anchor carries no gradient), making every part O(1).
-    `part_mse` holds every part present in both inputs, including one the anchor type leaves out of the
-    loss (useful to watch the ablations), each as it would enter the loss.
+    `part_scale` (per-part normalisation, `--craft_normalize_parts`): each part of both the current and the
+    anchor features is divided by the given constant, the anchor part's RMS at θ0 measured ONCE (on the first
+    optimizer step's global batch, then fixed and checkpointed: a per-micro-batch RMS would make L_ret and λ
+    depend on the micro-batch size and world size). `part_mse` holds every part present in both inputs,
+    including one the anchor type leaves out of the loss (useful to watch the ablations), each as it would
+    enter the loss.
     """
     used = _required_parts(anchor_type)
     part_mse: dict[str, Tensor] = {}
@@ -115,9 +140,11 @@ def retention_loss(
         if cur.shape != ref.shape:
             raise ValueError(f"{name!r} features: current {tuple(cur.shape)} vs anchor {tuple(ref.shape)}")
         cur, ref = cur.float(), ref.detach().float()
-        if normalize_parts:
-            rms = ref.pow(2).mean().sqrt().clamp_min(RMS_FLOOR)
-            cur, ref = cur / rms, ref / rms
+        if part_scale is not None:
+            if name not in part_scale:
+                raise ValueError(f"per-part normalisation has no scale for the {name!r} features")
+            scale = part_scale[name].detach().float()
+            cur, ref = cur / scale, ref / scale
         sq = (cur - ref).pow(2)
         part_mse[name] = sq.detach().mean()
         if name in used:

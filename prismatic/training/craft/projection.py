@@ -4,30 +4,46 @@ Pure tensor functions over lists of per-parameter gradients (no modules, no `.gr
 
     project_conflicting:  g_act,i <- g_act,i - <g_act,i, g_ret,i> / (‖g_ret,i‖² + δ) · g_ret,i   if the dot < 0
     combine:              g_i = g_act,i' + λ · g_ret,i
+    project_and_combine_: both at once, IN PLACE: g_i = g_act,i + (λ - c_i) · g_ret,i written into g_act,i
+
+The trainer uses `project_and_combine_` (memory: the two gradients + one scratch chunk; see below); the
+out-of-place `project_conflicting` / `combine` / `measure_conflicts` run the same code on copies.
 
 Why the textbook formula is not used as written: early in fine-tuning g_ret is ~0 (Φ(θ) ≈ Φ(θ0)), and
 in bf16 runs ‖g_ret,i‖² easily drops to 1e-12 … 1e-24. Once ‖r‖² << δ the coefficient dot / (‖r‖² + δ)
 becomes ≈ dot / δ, i.e. a factor ‖r‖² / δ too small: the projection silently does nothing and the
 "projected" gradient still conflicts. (In fp32, ‖r‖² itself underflows to 0 once the elements of r are
-below ~1e-19.) Here every g_ret,i is first rescaled by a power of two s_i so that max |r̂_i| ∈ [1, 2)
-(exact in floating point), and the rule is applied to r̂_i:
+below ~1e-19.) Here every g_ret,i is first rescaled IN PLACE by a power of two s_i so that
+max |r̂_i| ∈ [1, 2) (exact in floating point), and the rule is applied to r̂_i:
 
     a' = a - <a, r̂> / (‖r̂‖² + δ) · r̂            (identical to the textbook rule with δ·s² in place of δ)
 
 Since ‖r̂‖² >= 1, δ only guards a zero division (r ≡ 0) and perturbs the coefficient by at most a relative
-δ: after projection <a', r> >= -(δ + O(fp32 eps)) ‖a‖ ‖r‖ whatever the scale of r (measured worst case
-over random mixed-scale fp32/bf16 tensors: 5e-8). Products are formed in fp32 from (possibly bf16)
-inputs and the dot products and norms are accumulated in float64 (a plain fp32 sum over a large tensor
-is off by up to ~n·eps, enough to break the guarantee). Outputs are fp32: rounding the projected
-gradient back to bf16 would re-introduce a conflict of ~4e-3 ‖a‖ ‖r‖; the caller casts when it writes
-`.grad`. Temporary memory: a few fp32 copies (r̂, products, outputs) of the gradients that received both.
+δ: after projection <a', r> >= -(δ + O(fp32 eps)) ‖a‖ ‖r‖ whatever the scale of r.
 
-Everything is batched over tensors with `torch._foreach_*` and stacked per-tensor scalars, with no
-host-side read of device values: the number of host syncs does not depend on the number of parameters
-(here: zero; the caller reads `ProjectionStats.as_tensor()` together with its other metrics).
+Accumulation without float64: a sequential fp32 sum over n elements is off by up to ~n·eps relative (CPU
+BLAS dots and norm kernels accumulate that way: 1e-5 at n = 1e6, 1e-3 at n = 1.6e7), which breaks the
+guarantee for large tensors. Every per-tensor sum here is `torch.sum` over an fp32 product written into a
+reused scratch chunk of CHUNK_NUMEL elements: torch's fp32 sum is a cascade (pairwise) sum on CPU and a
+tree reduction on CUDA, with error ~log(n)·eps, and the chunks (at most a few hundred per tensor) are
+summed the same way. Measured worst case of <a', r> / (‖a‖ ‖r‖) over random and strongly conflicting fp32
+tensors up to 1.6e7 elements: a few 1e-8. No float64 temporaries; per-tensor scalars (a few hundred
+numbers) are combined in float64, which costs nothing.
+
+Memory (`project_and_combine_`): g_act and g_ret are modified in place; the only temporary of gradient
+size is one scratch chunk (<= CHUNK_NUMEL fp32 elements). The function consumes g_ret (its tensors end up
+holding (λ s_i - c_i) r̂_i; for parameters without g_act they ARE the returned gradient).
+
+Everything is batched over tensors with `torch._foreach_*` and stacked per-tensor scalars where torch has
+a batched op, with no host-side read of device values: the number of host syncs does not depend on the
+number of parameters (here: zero; the caller reads `ProjectionStats.as_tensor()` together with its other
+metrics).
 
 Parameters that received only one of the two gradients (None for the other): the missing gradient is
-treated as zero, so nothing is projected and the tensor does not count as "received both".
+treated as zero. With per-tensor granularity nothing is projected there and the tensor does not count as
+"received both". With global granularity the projection acts on the concatenated vector, so a tensor
+with only g_ret gets g_act,i' = -c · g_ret,i (without it, <g_act', g_ret> would stay negative by
+c·‖g_ret,i‖²).
 """
 
 from __future__ import annotations
@@ -39,6 +55,10 @@ import torch
 from torch import Tensor
 
 from prismatic.training.craft.config import GRANULARITIES
+
+# Elements per scratch chunk of the fp32 products (16 MB). Bounds the temporary memory; on CUDA it also
+# keeps the per-thread serial part of each reduction short.
+CHUNK_NUMEL = 1 << 22
 
 
 @dataclass
@@ -87,130 +107,133 @@ def _check_inputs(g_act: Sequence[Tensor | None], g_ret: Sequence[Tensor | None]
     return next(iter(devices)) if devices else torch.device("cpu")
 
 
-def _stack(values: list[Tensor], device: torch.device) -> Tensor:
-    return torch.stack(values) if values else torch.zeros(0, device=device)
+def _stack(values: list[Tensor], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.stack(values).to(dtype) if values else torch.zeros(0, dtype=dtype, device=device)
 
 
-def _power_of_two_scales(tensors: list[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per tensor: s = 2^(e-1) with max|t| ∈ [s, 2s) (exact rescaling), and whether the tensor is non-zero.
+class _Sums:
+    """Accurate fp32 sums of elementwise products through one reused scratch chunk (see module docstring)."""
 
-    Returns (scales (k,), nonzero (k,) bool). All-zero (or denormal-tiny) tensors get scale 1 so that the
-    division stays finite; their rescaled copy is ~0 and contributes nothing.
-    """
-    if not tensors:
-        return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.bool, device=device)
-    amax = torch.stack(list(torch._foreach_norm(tensors, float("inf"))))  # exact: a max, no rounding
-    _, exponent = torch.frexp(amax)
-    scales = torch.ldexp(torch.ones_like(amax), exponent - 1)
-    nonzero = (amax > 0) & (scales > 0)
-    return torch.where(nonzero, scales, torch.ones_like(scales)), nonzero
+    def __init__(self, tensors: Sequence[Tensor], device: torch.device) -> None:
+        largest = max((t.numel() for t in tensors), default=0)
+        self.chunk = max(1, min(largest, CHUNK_NUMEL))
+        self.scratch = torch.empty(self.chunk, dtype=torch.float32, device=device)
 
-
-def _norms64(tensors: list[Tensor], ord: float, device: torch.device) -> Tensor:
-    """Per-tensor norms accumulated in float64, stacked to (k,) float64.
-
-    fp32 accumulation is not enough for the projection guarantee: a sequential fp32 sum over n elements
-    has a relative error up to ~n·eps (3e-7 already at n = 3000 on CPU), and an error δc in the projection
-    coefficient leaves a residual conflict of δc·|<a, r>|. `_foreach_norm(dtype=float64)` accumulates in
-    float64 on CPU and CUDA alike (the elements themselves stay fp32 in memory).
-    """
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float64, device=device)
-    return torch.stack(list(torch._foreach_norm(tensors, ord, dtype=torch.float64)))
+    def dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """Σ x·y (0-dim fp32) for fp32 tensors of equal shape."""
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        n = xf.numel()
+        if n <= self.chunk:
+            return torch.mul(xf, yf, out=self.scratch[:n]).sum()
+        parts = [torch.mul(xf[s : s + self.chunk], yf[s : s + self.chunk], out=self.scratch[: min(self.chunk, n - s)])
+                 .sum() for s in range(0, n, self.chunk)]
+        return torch.stack(parts).sum()
 
 
-def _signed_sums(products: list[Tensor], device: torch.device) -> Tensor:
-    """Per-tensor sum of elements, batched: Σp = ‖p‖₁ - 2 ‖min(p, 0)‖₁ (foreach has no plain sum).
-
-    Accumulated in float64: the absolute error is O(fp32 eps · Σ|p|), from forming the products only.
-    """
-    negative = torch._foreach_clamp_max(products, 0.0)
-    return _norms64(products, 1, device) - 2.0 * _norms64(negative, 1, device)
+def _abs_max(t: Tensor) -> Tensor:
+    """max |t| without an |t| temporary (two reductions)."""
+    return torch.maximum(t.amax(), t.amin().neg())
 
 
-def _sum_sq_norms(tensors: list[Tensor], device: torch.device) -> Tensor:
-    """Σ ‖t‖² over the list, float64 0-dim."""
-    return _norms64(tensors, 2, device).pow(2).sum()
-
-
-def _project(
-    g_act: Sequence[Tensor | None],
-    g_ret: Sequence[Tensor | None],
+def _surgery_(
+    act: list[Tensor | None],
+    ret: list[Tensor | None],
+    lam: float | Tensor,
     eps: float,
     granularity: str,
     apply: bool,
+    ret_only_output: bool,
 ) -> tuple[list[Tensor | None], ProjectionStats]:
-    device = _check_inputs(g_act, g_ret, eps, granularity)
-    n = len(g_act)
-    act_idx = [i for i in range(n) if g_act[i] is not None]
-    ret_idx = [i for i in range(n) if g_ret[i] is not None and g_ret[i].numel() > 0]
-    ret_set = set(ret_idx)
+    """The shared core. `act` / `ret` are fp32 tensors owned by the caller and modified in place:
+    act[i] <- act[i] + (λ s_i - c_i) r̂_i (i received both), ret[i] <- (λ s_i - c_i) r̂_i.
+
+    Returns the final gradient per parameter (act[i] if present, else ret[i] when `ret_only_output`, else
+    None) and the statistics. λ = 0 gives the projected g_act' alone.
+    """
+    device = _check_inputs(act, ret, eps, granularity)
+    n = len(act)
+    act_idx = [i for i in range(n) if act[i] is not None]
+    ret_idx = [i for i in range(n) if ret[i] is not None and ret[i].numel() > 0]
+    act_set, ret_set = set(act_idx), set(ret_idx)
     both_idx = [i for i in act_idx if i in ret_set]
-    both_pos_in_ret = {i: k for k, i in enumerate(ret_idx)}
+    pos_in_ret = {i: k for k, i in enumerate(ret_idx)}
+    both_pos = [pos_in_ret[i] for i in both_idx]
+    ret_list = [ret[i] for i in ret_idx]
+    sums = _Sums([*(act[i] for i in act_idx), *ret_list], device)
 
-    # fp32 views/copies (`.float()` is a no-op for fp32 inputs; nothing below writes into them).
-    act32 = {i: g_act[i].float() for i in act_idx}
-    ret32 = [g_ret[i].float() for i in ret_idx]
+    # ---- exact power-of-two rescaling of g_ret, in place: max |r̂_i| ∈ [1, 2) ----
+    if ret_list:
+        amax = torch.stack([_abs_max(r) for r in ret_list])  # (R,) exact: a max, no rounding
+        _, exponent = torch.frexp(amax)
+        scales = torch.ldexp(torch.ones_like(amax), exponent - 1)
+        nonzero = (amax > 0) & (scales > 0)
+        # All-zero (or denormal-tiny) tensors keep scale 1: finite division, ~0 contribution.
+        scales = torch.where(nonzero, scales, torch.ones_like(scales))
+        torch._foreach_mul_(ret_list, list(torch.reciprocal(scales).unbind()))  # exact: powers of two
+    else:
+        scales = torch.zeros(0, device=device)
+        nonzero = torch.zeros(0, dtype=torch.bool, device=device)
 
-    # ---- rescaled g_ret (exact power-of-two scaling) and its squared norms ----
-    scales, nonzero = _power_of_two_scales(ret32, device)  # (R,)
-    ret_hat = torch._foreach_div(ret32, list(scales.unbind())) if ret32 else []
-    rr_hat = _norms64(ret_hat, 2, device).pow(2)  # (R,) float64, >= 1 for non-zero tensors
-    # Global scale: the largest non-zero per-tensor scale; w_i = s_i / S (powers of two, exact).
-    scales64 = scales.double()
-    nz_scales = torch.where(nonzero, scales64, torch.zeros_like(scales64))
-    global_scale = nz_scales.max() if nz_scales.numel() else torch.ones((), dtype=torch.float64, device=device)
+    # ---- per-tensor sums (fp32, accurate), then float64 scalar math ----
+    rr = _stack([sums.dot(r, r) for r in ret_list], device, torch.float64)  # (R,) ‖r̂_i‖² >= 1 if non-zero
+    aa = _stack([sums.dot(act[i], act[i]) for i in act_idx], device, torch.float64)  # (A,) ‖a_i‖²
+    dot = _stack([sums.dot(act[i], ret[i]) for i in both_idx], device, torch.float64)  # (K,) <a_i, r̂_i>
+    # Global scale S = the largest per-tensor scale; w_i = s_i / S (powers of two, exact).
+    s64 = torch.where(nonzero, scales, torch.zeros_like(scales)).double()
+    global_scale = s64.max() if s64.numel() else torch.ones((), dtype=torch.float64, device=device)
     global_scale = torch.where(global_scale > 0, global_scale, torch.ones_like(global_scale))
-    weights = nz_scales / global_scale  # (R,); 0 for all-zero tensors
-    ret_sq_rel = (weights.pow(2) * rr_hat).sum()  # ‖g_ret‖² / S²
+    w = s64 / global_scale  # (R,); 0 for all-zero tensors
+    # Subsets of the (R,) vectors for the "both" tensors, picked with host-side indices over unbound views
+    # (an index tensor copied to the device would be a host-to-device copy, i.e. a stream sync on CUDA).
+    rr_list, w_list = rr.unbind(), w.unbind()
+    rr_both = _stack([rr_list[k] for k in both_pos], device, torch.float64)
+    w_both = _stack([w_list[k] for k in both_pos], device, torch.float64)
+    conflicting = dot < 0  # (K,)
+    dot_rel = (w_both * dot).sum()  # <g_act, g_ret> / S
+    ret_sq_rel = (w.pow(2) * rr).sum()  # ‖g_ret‖² / S²
 
-    # ---- dot products of the tensors that received both ----
-    # Subsets are picked with host-side indices over unbound 0-dim views (an index tensor built from a
-    # Python list would be a host-to-device copy, i.e. a stream sync on CUDA).
-    pos = [both_pos_in_ret[i] for i in both_idx]
-    both_hat = [ret_hat[k] for k in pos]
-    both_act = [act32[i] for i in both_idx]
-    dot_hat = (  # (K,) float64 <a_i, r̂_i>
-        _signed_sums(torch._foreach_mul(both_act, both_hat), device) if both_idx
-        else torch.zeros(0, dtype=torch.float64, device=device)
-    )
-    rr_list, w_list = rr_hat.unbind(), weights.unbind()
-    rr_both = _stack([rr_list[k] for k in pos], device).double()  # (K,) ‖r̂_i‖², float64
-    w_both = _stack([w_list[k] for k in pos], device).double()  # (K,) s_i / S, float64
-    conflicting = dot_hat < 0  # (K,)
-    dot_rel = (w_both * dot_hat).sum()  # <g_act, g_ret> / S (global)
-
-    # ---- coefficients c_i (in r̂_i units): a_i' = a_i - c_i r̂_i ----
-    if not apply or not both_idx:
-        coeff = torch.zeros_like(dot_hat)
+    # ---- coefficients c_i in r̂_i units (a_i' = a_i - c_i r̂_i), for every g_ret tensor ----
+    if not apply:
+        coeff = torch.zeros_like(rr)
     elif granularity == "tensor":
-        coeff = torch.where(conflicting, dot_hat / (rr_both + eps), torch.zeros_like(dot_hat))
+        c_both = torch.where(conflicting, dot / (rr_both + eps), torch.zeros_like(dot))
+        coeff_list = [torch.zeros((), dtype=torch.float64, device=device)] * len(ret_idx)
+        for k, c in zip(both_pos, c_both.unbind()):
+            coeff_list[k] = c
+        coeff = _stack(coeff_list, device, torch.float64)
     else:  # global: one A-GEM step on the concatenated gradient, written per tensor (c_i = ĉ · s_i / S)
         c_global = torch.where(dot_rel < 0, dot_rel / (ret_sq_rel + eps), torch.zeros_like(dot_rel))
-        coeff = c_global * w_both
+        coeff = c_global * w
+    coeff = coeff.float().double()  # the coefficient as applied (rounded to fp32 once)
 
-    # The coefficient is rounded to fp32 once; the update itself is one fp32 multiply-subtract. (A list of
-    # 0-dim tensors as the second operand takes foreach's per-tensor path: one launch per tensor, no sync.)
-    coeff32 = coeff.float()
+    # ---- the update: one multiply of r̂ in place, one add into g_act ----
+    lam_t = lam.reshape(()).to(device=device, dtype=torch.float64) if isinstance(lam, Tensor) else float(lam)
+    k_ret = (lam_t * scales.double() - coeff).float() if ret_list else scales  # (R,) λ s_i - c_i
+    if ret_list:
+        torch._foreach_mul_(ret_list, list(k_ret.unbind()))
     if both_idx:
-        projected_both = torch._foreach_sub(both_act, torch._foreach_mul(both_hat, list(coeff32.unbind())))
-    else:
-        projected_both = []
+        torch._foreach_add_([act[i] for i in both_idx], [ret[i] for i in both_idx])
     out: list[Tensor | None] = [None] * n
     for i in act_idx:
-        out[i] = act32[i]
-    for k, i in enumerate(both_idx):
-        out[i] = projected_both[k]
+        out[i] = act[i]
+    if ret_only_output or (apply and granularity == "global"):
+        for i in ret_idx:
+            if i not in act_set:
+                out[i] = ret[i]
 
-    # ---- statistics (global over all parameters) ----
-    act_only = [act32[i] for i in act_idx if i not in ret_set]
-    act_only_sq = _sum_sq_norms(act_only, device)
-    aa_both = _norms64(both_act, 2, device).pow(2)  # (K,) ‖a_i‖²
-    # ‖a_i - c r̂_i‖² = ‖a_i‖² - 2 c <a_i, r̂_i> + c² ‖r̂_i‖² in float64: saves a pass over the gradients.
-    c64 = coeff32.double()
-    proj_both_sq = (aa_both - 2.0 * c64 * dot_hat + c64.pow(2) * rr_both).clamp_min(0.0)
-    act_sq = aa_both.sum() + act_only_sq
-    proj_sq = proj_both_sq.sum() + act_only_sq
+    # ---- statistics (global over all parameters; float64 over per-tensor scalars) ----
+    aa_list = aa.unbind()
+    act_pos = {i: k for k, i in enumerate(act_idx)}
+    aa_both = _stack([aa_list[act_pos[i]] for i in both_idx], device, torch.float64)
+    coeff_list_all = coeff.unbind()
+    c_both_applied = _stack([coeff_list_all[k] for k in both_pos], device, torch.float64)
+    act_sq = aa.sum()
+    # ‖a_i - c r̂_i‖² = ‖a_i‖² - 2 c <a_i, r̂_i> + c² ‖r̂_i‖²; act-only tensors keep ‖a_i‖²; tensors with g_ret
+    # only (global granularity) get c² ‖r̂_i‖².
+    proj_both = (aa_both - 2.0 * c_both_applied * dot + c_both_applied.pow(2) * rr_both).clamp_min(0.0)
+    ret_only_pos = [pos_in_ret[i] for i in ret_idx if i not in act_set]
+    proj_ret_only = _stack([coeff_list_all[k].pow(2) * rr_list[k] for k in ret_only_pos], device, torch.float64)
+    proj_sq = act_sq - aa_both.sum() + proj_both.sum() + proj_ret_only.sum()
     act_norm = act_sq.sqrt()
     ret_norm_rel = ret_sq_rel.sqrt()
     denom = act_norm * ret_norm_rel
@@ -224,10 +247,42 @@ def _project(
         cosine=cosine.float(),
         energy_removed=energy.float(),
         act_norm=act_norm.float(),
-        projected_act_norm=proj_sq.sqrt().float(),
+        projected_act_norm=proj_sq.clamp_min(0.0).sqrt().float(),
         ret_norm=(ret_norm_rel * global_scale).float(),
     )
     return out, stats
+
+
+def _owned_fp32(tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """fp32 copies (never aliasing the inputs)."""
+    return [None if t is None else t.detach().to(torch.float32, copy=True) for t in tensors]
+
+
+def _in_place_fp32(tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """The tensors themselves where they are fp32 (modified in place), fp32 copies otherwise."""
+    return [None if t is None else (t if t.dtype == torch.float32 else t.float()) for t in tensors]
+
+
+def project_and_combine_(
+    g_act: Sequence[Tensor | None],
+    g_ret: Sequence[Tensor | None],
+    lam: float | Tensor,
+    eps: float = 1e-8,
+    granularity: str = "tensor",
+    project: bool = True,
+) -> tuple[list[Tensor | None], ProjectionStats]:
+    """g = project(g_act, g_ret) + λ g_ret (or g_act + λ g_ret with `project=False`), IN PLACE.
+
+    g_act's fp32 tensors receive the result; g_ret's tensors are consumed (overwritten). Non-fp32 inputs are
+    upcast to fp32 copies first (rounding the result back to bf16 would re-introduce a conflict of ~4e-3
+    ‖a‖ ‖r‖; the caller casts when it writes `.grad`).
+
+    Returns (the final gradient per parameter: g_act's tensor, or g_ret's where g_act is None, None where
+    both are; ProjectionStats of the projection, or of the conflicts alone with `project=False`:
+    energy_removed = 0 and projected_act_norm = act_norm).
+    """
+    return _surgery_(_in_place_fp32(g_act), _in_place_fp32(g_ret), lam, eps, granularity, apply=project,
+                     ret_only_output=True)
 
 
 def project_conflicting(
@@ -245,9 +300,11 @@ def project_conflicting(
         granularity: "tensor" (project each tensor whose dot is negative) or "global" (one projection of
             the concatenated gradient when the global dot is negative).
     Returns:
-        (g_act' as fp32 tensors, None where g_act was None; ProjectionStats). Inputs are never modified.
+        (g_act' as fp32 tensors, None where g_act was None — except, with global granularity, tensors that
+        have only g_ret, which get -c g_ret,i; ProjectionStats). Inputs are never modified.
     """
-    return _project(g_act, g_ret, eps, granularity, apply=True)
+    return _surgery_(_owned_fp32(g_act), _owned_fp32(g_ret), 0.0, eps, granularity, apply=True,
+                     ret_only_output=False)
 
 
 def measure_conflicts(
@@ -257,7 +314,8 @@ def measure_conflicts(
 ) -> ProjectionStats:
     """The statistics of `project_conflicting` without projecting (for `craft_enable_projection False`):
     conflicts, cosine and norms as usual; energy_removed = 0 and projected_act_norm = act_norm."""
-    _, stats = _project(g_act, g_ret, 1e-8, granularity, apply=False)
+    _, stats = _surgery_(_owned_fp32(g_act), _owned_fp32(g_ret), 0.0, 1e-8, granularity, apply=False,
+                         ret_only_output=False)
     return stats
 
 
@@ -267,6 +325,7 @@ def combine(
     """g_i = g_act,i + λ g_ret,i in fp32 (a missing gradient counts as zero; None if both are missing).
 
     `lam` may be a Python number or a 0-dim tensor (kept on the gradients' device, so no host sync).
+    Inputs are never modified.
     """
     if len(g_act) != len(g_ret):
         raise ValueError(f"g_act and g_ret must have one entry per parameter: {len(g_act)} vs {len(g_ret)}")

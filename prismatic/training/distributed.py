@@ -6,6 +6,11 @@ backward (twice per micro-batch here) and only knows one gradient. Instead, ever
 locally and the trainer all-reduces ALL trainable gradients once per optimizer step, in a few large
 coalesced buckets. That also makes accumulation free of per-micro-batch communication and rules out
 upstream's bug class where a module called around the wrapper never had its gradients synced.
+
+The mean over ranks of each rank's mean over its G micro-batches (each a mean over its samples) is the
+mean over the global batch because every micro-batch has the same size: the data stream gives rank r the
+r-th equal slice of every global batch (vla/datasets/pipeline.py), so the result does not depend on the
+world size or the accumulation split.
 """
 
 from __future__ import annotations

@@ -36,9 +36,15 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return names
 
 
-def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float) -> nn.Module:
-    """Wrap `model` with peft LoRA on the VLM; action queries, head and proprio projector stay fully trainable."""
+def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float, dropout_seed: int = 0) -> nn.Module:
+    """Wrap `model` with peft LoRA on the VLM; action queries, head and proprio projector stay fully trainable.
+
+    With dropout > 0, peft's dropout modules are replaced by `KeyedDropout` (seeded by `dropout_seed`): a
+    sample's masks depend on its global index, not on the rank or micro-batch it lands in
+    (prismatic.training.randomness)."""
     from peft import LoraConfig, get_peft_model
+
+    from prismatic.training.randomness import KeyedDropout
 
     config = LoraConfig(
         r=rank,
@@ -48,6 +54,10 @@ def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float) -> nn.Mo
         init_lora_weights="gaussian",
     )
     peft_model = get_peft_model(model, config)
+    for name, module in peft_model.get_base_model().named_modules():
+        for adapter, drop in getattr(module, "lora_dropout", {}).items():
+            if isinstance(drop, nn.Dropout):
+                module.lora_dropout[adapter] = KeyedDropout(drop.p, dropout_seed, f"{name}/{adapter}")
     for name, param in peft_model.get_base_model().named_parameters():
         if name.startswith(FULLY_TRAINED_PREFIXES):
             param.requires_grad_(True)

@@ -9,7 +9,7 @@ import torch
 from tests.data.common import DATASET, make_dataset, take
 
 BATCH_KEYS = {"input_ids", "attention_mask", "pixel_values", "proprio", "actions", "dataset_names", "instructions",
-              "sample_keys"}
+              "sample_keys", "sample_indices"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,8 @@ def test_loader_batch_matches_the_contract(data_root, model_config, processor):
     assert batch["dataset_names"] == [DATASET] * B
     keys = batch["sample_keys"]  # "<dataset>/<episode>/<timestep>", unique per frame
     assert len(set(keys)) == B and all(k.startswith(f"{DATASET}/") and len(k.split("/")) == 3 for k in keys)
+    assert batch["sample_indices"].dtype == torch.long
+    assert batch["sample_indices"].tolist() == [int(f["sample_index"]) for f in raw] == [0, 1, 2, 3]
     for i, frame in enumerate(raw):
         instruction = frame["instruction"].decode()
         assert batch["instructions"][i] == instruction

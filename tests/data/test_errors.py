@@ -61,14 +61,11 @@ def test_empty_val_split(data_root, model_config):
         make_dataset(data_root, model_config, train=False)
 
 
-def test_rank_without_episodes(data_root, model_config):
-    with pytest.raises(ValueError, match="rank 20 of world_size 21 gets no episodes"):
-        make_dataset(data_root, model_config, rank=20, world_size=21)
-
-
 @pytest.mark.parametrize("kwargs,match", [
     (dict(shuffle_buffer_size=0), "shuffle_buffer_size"),
     (dict(rank=2, world_size=2), "rank must be in"),
+    (dict(rank=0, world_size=2, global_batch_size=3), "global_batch_size must be a positive multiple of world_size=2"),
+    (dict(global_batch_size=0), "global_batch_size must be a positive multiple"),
     (dict(n_shot_per_task=0), "n_shot_per_task"),
     (dict(skip_samples=-1), "skip_samples"),
     (dict(val_fraction=1.0), "val_fraction"),

@@ -1,4 +1,4 @@
-"""Per-task N-shot, rank sharding and the train/val split."""
+"""Per-task N-shot and the train/val split (both independent of the world size)."""
 
 from __future__ import annotations
 
@@ -34,24 +34,17 @@ def test_n_shot_with_too_few_episodes_names_the_task(data_root, model_config):
         make_dataset(data_root, model_config, n_shot_per_task=EPISODES_PER_TASK + 1)
 
 
-def test_ranks_read_disjoint_episodes(data_root, model_config):
-    ranks = [make_dataset(data_root, model_config, rank=r, world_size=2, seed=0, shuffle_buffer_size=64)
-             for r in range(2)]
-    shards = [set(d.rank_episodes[DATASET]) for d in ranks]
-    assert not shards[0] & shards[1]
-    assert shards[0] | shards[1] == set(range(NUM_TASKS * EPISODES_PER_TASK))
-    for dataset, shard in zip(ranks, shards):
-        assert _episodes_in_stream(dataset, 200) == shard
-    assert ranks[0].selected_episodes == ranks[1].selected_episodes  # the selection itself is global
-
-
-def test_n_shot_then_sharding_partitions_the_selection(data_root, model_config):
-    ranks = [make_dataset(data_root, model_config, rank=r, world_size=2, n_shot_per_task=2, seed=5) for r in range(2)]
-    selected = {i for ids in ranks[0].selected_episodes[DATASET].values() for i in ids}
-    shards = [set(d.rank_episodes[DATASET]) for d in ranks]
-    assert not shards[0] & shards[1] and shards[0] | shards[1] == selected
-
-
+def test_selection_does_not_depend_on_the_world_size(data_root, model_config):
+    """N-shot choice, the train selection and the val split are global: every rank of any world size holds
+    the single-process selection (the stream is sharded per frame later, see test_world_size.py)."""
+    for kwargs in (dict(n_shot_per_task=2, seed=5), dict(seed=5, val_fraction=0.25),
+                   dict(train=False, val_fraction=0.25)):
+        single = make_dataset(data_root, model_config, **kwargs)
+        for world_size in (2, 3):
+            for rank in range(world_size):
+                sharded = make_dataset(data_root, model_config, rank=rank, world_size=world_size, **kwargs)
+                assert sharded.selected_episodes == single.selected_episodes, (kwargs, world_size, rank)
+                assert sharded.num_samples_per_epoch == single.num_samples_per_epoch
 def test_val_split_is_per_task_disjoint_and_seed_independent(data_root, model_config):
     val = make_dataset(data_root, model_config, train=False, val_fraction=0.25, seed=0)
     val_other_seed = make_dataset(data_root, model_config, train=False, val_fraction=0.25, seed=9)

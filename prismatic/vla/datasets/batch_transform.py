@@ -12,6 +12,8 @@ Batch (the contract with the model and the trainer):
     dataset_names   list[str]
     instructions    list[str]
     sample_keys     list[str]  "<dataset>/<episode>/<timestep>": identifies the frame (CRaFT's anchor cache)
+    sample_indices  (B,) long  the frames' positions in the global stream (pipeline.py): what per-sample
+                    randomness is keyed on, and what tells which slice of the global batch a rank holds
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class RLDSBatchTransform:
         sample["dataset_name"] = _text(frame["dataset_name"])
         sample["instruction"] = instruction
         sample["sample_key"] = f"{sample['dataset_name']}/{int(frame['episode_index'])}/{int(frame['timestep'])}"
+        sample["sample_index"] = int(frame["sample_index"])
         return sample
 
 
@@ -70,4 +73,5 @@ class PaddedCollator:
             "dataset_names": [s["dataset_name"] for s in samples],
             "instructions": [s["instruction"] for s in samples],
             "sample_keys": [s["sample_key"] for s in samples],
+            "sample_indices": torch.tensor([s["sample_index"] for s in samples], dtype=torch.long),
         }

@@ -1,7 +1,9 @@
-"""Which episodes a stream reads: train/val split, per-task N-shot, rank shard.
+"""Which episodes a stream reads: train/val split and per-task N-shot.
 
-All three are decided from the episode index (statistics.py) BEFORE any tf.data stream exists, so they are
-exact, reproducible and can be logged/saved by the trainer:
+Both are decided from the episode index (statistics.py) BEFORE any tf.data stream exists, so they are
+exact, reproducible and can be logged/saved by the trainer. Neither depends on the rank or the world size:
+every rank reads the same selection and the stream is sharded per frame afterwards (pipeline.py), so the
+selection, the mixture weights computed from it and the val split are the same on 1 or N processes.
 
 1. Usable episodes: a language instruction and at least `chunk` steps (shorter ones yield no sample).
 2. Train/val split, per task (task = language instruction): each task's episodes are ordered by a hash of
@@ -9,8 +11,6 @@ exact, reproducible and can be logged/saved by the trainer:
    seed nor the world size, so validation data stays fixed across runs.
 3. Per-task N-shot (train split only): exactly N episodes of every task, drawn without replacement with a
    generator seeded by (seed, dataset, task). A task with fewer than N usable train episodes is an error.
-4. Rank shard: the selected episodes, sorted by id, are dealt round-robin to ranks (rank r takes
-   positions r, r + W, ...), so ranks read disjoint episodes.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ def _stable_int(*parts: object) -> int:
 class EpisodeSelection:
     dataset_name: str
     split: str  # "train" or "val"
-    episodes: tuple[EpisodeRecord, ...]  # the split's selected episodes over ALL ranks, sorted by index
-    rank_episodes: tuple[EpisodeRecord, ...]  # this rank's shard of `episodes`
+    episodes: tuple[EpisodeRecord, ...]  # the split's selected episodes (read by every rank), sorted by index
 
     def by_task(self) -> dict[str, list[int]]:
-        """{instruction: sorted episode ids} over all ranks (what the trainer logs/saves)."""
+        """{instruction: sorted episode ids} (what the trainer logs/saves)."""
         out: dict[str, list[int]] = defaultdict(list)
         for e in self.episodes:
             out[e.instruction].append(e.index)
@@ -88,9 +87,8 @@ def select_n_shot(episodes: list[EpisodeRecord], n: int, seed: int, dataset_name
 
 
 def select_episodes(index: DatasetIndex, *, source: Path, train: bool, val_fraction: float,
-                    n_shot_per_task: int | None, seed: int, rank: int, world_size: int, min_length: int
-                    ) -> EpisodeSelection:
-    """Steps 1-4 of the module docstring for one dataset. Empty results are errors naming the dataset/path."""
+                    n_shot_per_task: int | None, seed: int, min_length: int) -> EpisodeSelection:
+    """Steps 1-3 of the module docstring for one dataset. Empty results are errors naming the dataset/path."""
     usable = [e for e in index.episodes if e.instruction and e.length >= min_length]
     dropped = len(index.episodes) - len(usable)
     if dropped:
@@ -103,8 +101,4 @@ def select_episodes(index: DatasetIndex, *, source: Path, train: bool, val_fract
                          f"({len(usable)} usable episodes, val_fraction={val_fraction})")
     if train and n_shot_per_task is not None:
         episodes = select_n_shot(episodes, n_shot_per_task, seed, index.name, source)
-    shard = episodes[rank::world_size]
-    if not shard:
-        raise ValueError(f"rank {rank} of world_size {world_size} gets no episodes of dataset {index.name!r} "
-                         f"({source}): only {len(episodes)} episode(s) in the {split!r} selection")
-    return EpisodeSelection(index.name, split, tuple(episodes), tuple(shard))
+    return EpisodeSelection(index.name, split, tuple(episodes))

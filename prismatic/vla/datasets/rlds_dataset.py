@@ -2,8 +2,12 @@
 
     dataset = RLDSDataset(data_root_dir, "libero_spatial_no_noops", RLDSBatchTransform(processor), model_config,
                           train=True, image_aug=True, shuffle_buffer_size=100_000, seed=7,
-                          rank=rank, world_size=world_size, n_shot_per_task=None, skip_samples=0)
+                          rank=rank, world_size=world_size, global_batch_size=B * G * world_size,
+                          n_shot_per_task=None, skip_samples=step * B * G * world_size)
     loader = DataLoader(dataset, batch_size=B, collate_fn=PaddedCollator(processor), num_workers=0)
+
+Every rank builds the same global frame stream and keeps its contiguous slice of each global batch
+(pipeline.py), so global batch t holds the same frames, with the same augmentation, on any world size.
 
 Construction does all the checking and bookkeeping up front (paths, keys, dims, statistics, episode
 selection); iteration builds a fresh tf.data stream (pipeline.py), so every `iter(dataset)` starts at
@@ -12,9 +16,8 @@ each would read the same stream).
 
 Exposed for the trainer:
     dataset_statistics      {name: upstream statistics entry} -> save as dataset_statistics.json
-    selected_episodes       {name: {instruction: [episode ids]}} of this split, over all ranks
-    rank_episodes           {name: [episode ids]} read by this rank
-    num_samples_per_epoch   frames (chunk starts) in this rank's episodes
+    selected_episodes       {name: {instruction: [episode ids]}} of this split (the same on every rank)
+    num_samples_per_epoch   frames (chunk starts) in the selected episodes: one epoch of the global stream
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class RLDSDataset(torch.utils.data.IterableDataset):
         seed: int = 7,
         rank: int = 0,
         world_size: int = 1,
+        global_batch_size: int | None = None,
         n_shot_per_task: int | None = None,
         skip_samples: int = 0,
         val_fraction: float = 0.0,
@@ -65,9 +69,13 @@ class RLDSDataset(torch.utils.data.IterableDataset):
             image_aug: training image augmentation (requires train=True).
             shuffle_buffer_size: frame-level shuffle buffer (train); memory cost in pipeline.py.
             seed: seeds file order, mixture sampling, shuffle, augmentation and N-shot choice.
-            rank, world_size: data-parallel position; each rank reads a disjoint shard of episodes.
+            rank, world_size: data-parallel position; each rank yields its slice of every global batch.
+            global_batch_size: frames per global batch (batch size x accumulation steps x world size); rank r
+                yields frames [r b, (r + 1) b) of each, b = global_batch_size / world_size. None: world_size
+                (the ranks take the global stream's frames in turn, e.g. for validation).
             n_shot_per_task: if set, train on exactly this many episodes of every task.
-            skip_samples: frames of this rank's stream already consumed (exact resume).
+            skip_samples: frames of the GLOBAL stream already consumed by all ranks together (exact resume:
+                step x global_batch_size).
             val_fraction: fraction of each task's episodes held out as the "val" split.
         """
         super().__init__()
@@ -77,6 +85,11 @@ class RLDSDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if global_batch_size is None:
+            global_batch_size = world_size
+        if global_batch_size < 1 or global_batch_size % world_size:
+            raise ValueError(f"global_batch_size must be a positive multiple of world_size={world_size} (every "
+                             f"rank takes an equal slice of each global batch), got {global_batch_size}")
         if n_shot_per_task is not None and n_shot_per_task < 1:
             raise ValueError(f"n_shot_per_task must be >= 1 (or None for all episodes), got {n_shot_per_task}")
         if skip_samples < 0:
@@ -92,7 +105,8 @@ class RLDSDataset(torch.utils.data.IterableDataset):
         self.stream_config = pipeline.StreamConfig(
             image_size=model_config.vision.image_size, num_images=model_config.num_images_in_input,
             chunk=model_config.num_actions_chunk, train=train, image_aug=image_aug,
-            shuffle_buffer_size=shuffle_buffer_size, seed=seed, rank=rank, skip_samples=skip_samples,
+            shuffle_buffer_size=shuffle_buffer_size, seed=seed, rank=rank, world_size=world_size,
+            rank_batch_size=global_batch_size // world_size, skip_samples=skip_samples,
         )
         self.sources: list[pipeline.DatasetSource] = []
         for spec, weight in resolve_dataset_mixture(dataset_name):
@@ -103,25 +117,27 @@ class RLDSDataset(torch.utils.data.IterableDataset):
                 if dims[key] != expected:
                     raise ValueError(f"dataset {spec.name!r} at {builder_dir} has {key}={dims[key]} but the model "
                                      f"config has {key}={expected}")
-            index = statistics.load_or_compute_index(builder, builder_dir, spec)
+            try:
+                index = statistics.load_or_compute_index(builder, builder_dir, spec)
+            except Exception as e:
+                if source.is_data_loss(e):  # TF does not say which file: find and name it
+                    raise source.data_loss_error([builder_dir], e) from None
+                raise
             selection = select_episodes(
                 index, source=builder_dir, train=train, val_fraction=val_fraction, n_shot_per_task=n_shot_per_task,
-                seed=seed, rank=rank, world_size=world_size, min_length=model_config.num_actions_chunk,
+                seed=seed, min_length=model_config.num_actions_chunk,
             )
             self.sources.append(pipeline.DatasetSource(spec, builder, builder_dir, index.statistics, selection, weight))
-            logger.info("dataset %s (%s split, rank %d/%d): %d episodes selected, %d on this rank", spec.name,
-                        selection.split, rank, world_size, len(selection.episodes), len(selection.rank_episodes))
+            logger.info("dataset %s (%s split): %d episodes selected", spec.name, selection.split,
+                        len(selection.episodes))
 
         self.dataset_statistics: dict[str, dict] = {s.spec.name: s.statistics for s in self.sources}
         self.selected_episodes: dict[str, dict[str, list[int]]] = {
             s.spec.name: s.selection.by_task() for s in self.sources
         }
-        self.rank_episodes: dict[str, list[int]] = {
-            s.spec.name: [e.index for e in s.selection.rank_episodes] for s in self.sources
-        }
         self.num_samples_per_epoch = sum(
             num_chunk_starts(e.length, model_config.num_actions_chunk)
-            for s in self.sources for e in s.selection.rank_episodes
+            for s in self.sources for e in s.selection.episodes
         )
 
     def make_tf_dataset(self):
@@ -131,5 +147,14 @@ class RLDSDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         if torch.utils.data.get_worker_info() is not None:
             raise RuntimeError("RLDSDataset parallelises inside tf.data; use DataLoader(num_workers=0)")
-        for frame in self.make_tf_dataset().as_numpy_iterator():
+        frames = self.make_tf_dataset().as_numpy_iterator()
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except Exception as e:
+                if source.is_data_loss(e):  # TF does not say which file: find and name it
+                    raise source.data_loss_error([s.builder_dir for s in self.sources], e) from None
+                raise
             yield frame if self.batch_transform is None else self.batch_transform(frame)

@@ -31,7 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismatic.models.precision import Float32BuffersMixin
+
 ROPE_BASE = 10000.0
+# Arithmetic the Pro head's RoPE angle table is computed in (`ActionHeadConfig.rope_dtype`).
+ROPE_TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -46,25 +50,39 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, length, h * d)
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(Float32BuffersMixin, nn.Module):
     """Rotary position embedding with the upstream Pro head's channel layout (quirk 5 in `vla.py`).
 
     The angle table is laid out half-split (`cat([freqs, freqs])`), while the rotation pairs neighbouring
     channels (2k, 2k+1): channel 2k gets `x*cos - x[2k+1]*sin`, channel 2k+1 gets `x*cos + x[2k]*sin`,
     each with the angle of its own table column.
+
+    `table_dtype` is the arithmetic of the angle table (quirk 10 in `vla.py`):
+      float32   exact positions and angles (heads trained here: the trainer keeps fp32 head weights).
+      bfloat16  upstream's table: its head runs in bf16, so positions, frequencies, angles and cos/sin are
+                all bf16 (positions 257..511 are rounded, e.g. 257 -> 256). The released Pro weights were
+                trained with this table.
+    The `inv_freq` buffer itself stays fp32 in every cast; the table dtype alone decides the rounding.
     """
 
-    def __init__(self, head_dim: int, base: float = ROPE_BASE) -> None:
+    float32_buffers = ("inv_freq",)
+
+    def __init__(self, head_dim: int, base: float = ROPE_BASE, table_dtype: str = "float32") -> None:
         super().__init__()
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+        if table_dtype not in ROPE_TABLE_DTYPES:
+            raise ValueError(f"RoPE table dtype must be one of {sorted(ROPE_TABLE_DTYPES)}, got {table_dtype!r}")
+        self.table_dtype = table_dtype
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # not in the released files
 
     def angles(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (length, head_dim) for positions 0..length-1."""
-        positions = torch.arange(length, device=device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.to(device=device, dtype=torch.float32))  # (L, head_dim / 2)
+        """cos, sin of shape (length, head_dim) for positions 0..length-1, cast to `dtype`."""
+        arithmetic = ROPE_TABLE_DTYPES[self.table_dtype]
+        positions = torch.arange(length, device=device, dtype=torch.float32).to(arithmetic)
+        inv_freq = self.inv_freq.to(device=device, dtype=arithmetic)
+        freqs = positions[:, None] * inv_freq[None, :]  # (L, head_dim / 2), rounded to `arithmetic`
         table = torch.cat([freqs, freqs], dim=-1)  # (L, head_dim)
         return table.cos().to(dtype), table.sin().to(dtype)
 
@@ -129,7 +147,7 @@ class BridgeAttentionBlock(nn.Module):
 class BridgeAttentionBlockPro(nn.Module):
     """Pro block: separate K/V per source, RoPE per source on q / keys (values are not rotated)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, rope_dtype: str = "float32") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU())
@@ -143,7 +161,7 @@ class BridgeAttentionBlockPro(nn.Module):
         self.v_task = nn.Linear(dim, dim)
         self.o_proj = nn.Linear(dim, dim)
         self.gating_factor = nn.Parameter(torch.zeros(1))
-        self.rope = RotaryEmbedding(dim // num_heads)
+        self.rope = RotaryEmbedding(dim // num_heads, table_dtype=rope_dtype)
         # Never used in forward; present only so the released Pro files load strictly (quirk 6 in `vla.py`).
         self.film_gen = nn.Sequential(nn.Linear(dim, 2 * dim))
 
@@ -173,14 +191,18 @@ class BridgeAttentionPolicy(nn.Module):
     """Stem (LN, fc1, ReLU), one Bridge-Attention block per LLM layer, output LN + fc2 (upstream `MLPResNet`)."""
 
     def __init__(
-        self, llm_dim: int, action_dim: int, num_blocks: int, num_heads: int, use_pro_version: bool
+        self, llm_dim: int, action_dim: int, num_blocks: int, num_heads: int, use_pro_version: bool,
+        rope_dtype: str = "float32",
     ) -> None:
         super().__init__()
         latent_dim = llm_dim * action_dim  # 6272 at real size
         self.layer_norm1 = nn.LayerNorm(latent_dim)
         self.fc1 = nn.Linear(latent_dim, llm_dim)
-        block = BridgeAttentionBlockPro if use_pro_version else BridgeAttentionBlock
-        self.mlp_resnet_blocks = nn.ModuleList(block(llm_dim, num_heads) for _ in range(num_blocks))
+        if use_pro_version:
+            blocks = (BridgeAttentionBlockPro(llm_dim, num_heads, rope_dtype) for _ in range(num_blocks))
+        else:
+            blocks = (BridgeAttentionBlock(llm_dim, num_heads) for _ in range(num_blocks))
+        self.mlp_resnet_blocks = nn.ModuleList(blocks)
         self.layer_norm2 = nn.LayerNorm(llm_dim)
         self.fc2 = nn.Linear(llm_dim, action_dim)
 
@@ -210,6 +232,7 @@ class BridgeAttentionActionHead(nn.Module):
         num_heads: int,
         use_pro_version: bool,
         train_noise_std: float,
+        rope_dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.llm_dim = llm_dim
@@ -218,17 +241,23 @@ class BridgeAttentionActionHead(nn.Module):
         self.num_blocks = num_blocks
         self.use_pro_version = use_pro_version
         self.train_noise_std = train_noise_std
-        self.model = BridgeAttentionPolicy(llm_dim, action_dim, num_blocks, num_heads, use_pro_version)
+        self.model = BridgeAttentionPolicy(llm_dim, action_dim, num_blocks, num_heads, use_pro_version, rope_dtype)
 
-    def initial_latent(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def initial_latent(self, batch_size: int, device: torch.device, dtype: torch.dtype,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
         """The action latent the policy starts from: zeros, plus N(0, std^2) noise in training mode.
 
-        One noise draw of shape (chunk, A*D) is shared by the whole batch (quirk 4 in `vla.py`)."""
-        latent = torch.zeros(batch_size, self.num_actions_chunk, self.action_dim * self.llm_dim, device=device,
-                             dtype=dtype)
+        One noise draw of shape (chunk, A*D) is shared by the whole batch (quirk 4 in `vla.py`). `noise`: that
+        standard-normal draw, given by the trainer (`prismatic.training.randomness.head_noise`, one per global
+        batch, so the result does not depend on the number of processes); None draws it from torch's RNG."""
+        shape = (self.num_actions_chunk, self.action_dim * self.llm_dim)
+        latent = torch.zeros(batch_size, *shape, device=device, dtype=dtype)
         if self.training and self.train_noise_std > 0:
-            noise = torch.randn(self.num_actions_chunk, self.action_dim * self.llm_dim, device=device, dtype=dtype)
-            latent = latent + self.train_noise_std * noise
+            if noise is None:
+                noise = torch.randn(*shape, device=device, dtype=dtype)
+            elif tuple(noise.shape) != shape:
+                raise ValueError(f"head noise has shape {tuple(noise.shape)}, expected (chunk, A*D) = {shape}")
+            latent = latent + self.train_noise_std * noise.to(device=device, dtype=dtype)
         return latent
 
     def forward(
@@ -236,11 +265,13 @@ class BridgeAttentionActionHead(nn.Module):
         vision_states: Sequence[torch.Tensor],
         query_states: Sequence[torch.Tensor],
         proprio_token: torch.Tensor | None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict a normalised action chunk.
 
         vision_states: num_blocks tensors (B, P, D); query_states: num_blocks tensors (B, Q, D) (entry i is
-        read by block i); proprio_token: (B, 1, D) or None.  Returns (B, chunk, action_dim).
+        read by block i); proprio_token: (B, 1, D) or None; noise: (chunk, A*D) or None (`initial_latent`).
+        Returns (B, chunk, action_dim).
         """
         if len(vision_states) != self.num_blocks or len(query_states) != self.num_blocks:
             raise ValueError(
@@ -248,5 +279,5 @@ class BridgeAttentionActionHead(nn.Module):
                 f"{len(query_states)} query state tensors"
             )
         first = query_states[0]
-        latent = self.initial_latent(first.shape[0], first.device, first.dtype)
+        latent = self.initial_latent(first.shape[0], first.device, first.dtype, noise)
         return self.model(latent, vision_states, query_states, proprio_token)

@@ -96,8 +96,14 @@ class ActionHeadConfig:
     # Std of the input noise added to the zero action latent in training mode (upstream quirk, facts §2.7;
     # the released weights were trained with it). 0 disables it (used by exact-equivalence tests).
     train_noise_std: float = 0.02
+    # Arithmetic of the Pro head's RoPE angle table: "float32" (exact; heads trained here, whose weights the
+    # trainer keeps in fp32) or "bfloat16" (upstream's head runs in bf16, so the released Pro weights were
+    # trained with bf16 positions / angles; set by the released-checkpoint loader). Ignored by the original head.
+    rope_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.rope_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"action_head.rope_dtype must be 'float32' or 'bfloat16', got {self.rope_dtype!r}")
         if self.num_heads <= 0:
             raise ValueError(f"action_head.num_heads must be positive, got {self.num_heads}")
         if self.train_noise_std < 0:
@@ -122,6 +128,10 @@ class VLAConfig:
     proprio_dim: int = 8
     # Whether the proprio token is fed to the action head (the released checkpoints require it).
     use_proprio: bool = True
+    # Whether evaluation maps proprio dims with q01 == q99 to 0, as our data pipeline does in training.
+    # False for released checkpoints (set by their loader): upstream's evaluation normalises such dims like
+    # any other (clip(2 (x - q01) / eps - 1)), and that is what their weights see in upstream's evaluation.
+    zero_constant_proprio: bool = True
 
     def __post_init__(self) -> None:
         # draccus / json may hand us plain dicts for the nested parts.

@@ -10,6 +10,12 @@ are not used by the action head and would cost more than the rest of the LLM.
 transformers 5 reports `output_hidden_states` as (embedding output, layer 1, ..., layer n-1, NORM(layer n)):
 the last entry is the final RMS-normed state, exactly like the transformers 4.40 the released weights were
 trained with. `hidden_states_of` checks that contract at run time.
+
+Rotary frequencies stay float32 in every dtype cast (`Float32Qwen2RotaryEmbedding`): transformers 5 keeps
+`inv_freq` as a non-persistent buffer and builds cos/sin from it in fp32 at every forward, so a bf16 cast of
+the buffer would round the frequencies (cos error up to 0.58 at positions >= 512 for head_dim 64, theta 1e6).
+transformers 4.40 (what the released weights were trained with) built its cos/sin cache from fp32
+frequencies and rounded only the result to the model dtype; keeping the buffer fp32 reproduces exactly that.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import logging
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
 from prismatic.models.config import LLMConfig
+from prismatic.models.precision import Float32BuffersMixin
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +66,26 @@ def qwen2_config(config: LLMConfig, attn_implementation: str) -> Qwen2Config:
     return hf_config
 
 
+class Float32Qwen2RotaryEmbedding(Float32BuffersMixin, Qwen2RotaryEmbedding):
+    """transformers' Qwen2 rotary embedding whose frequency buffers survive `.to(bfloat16)` as float32."""
+
+    float32_buffers = ("inv_freq", "original_inv_freq")
+
+
+def build_rotary_embedding(hf_config: Qwen2Config) -> Float32Qwen2RotaryEmbedding:
+    """The LLM's rotary embedding (also used to rebuild it after a meta-device load)."""
+    if hf_config.rope_parameters["rope_type"] != "default":
+        raise ValueError(f"only default RoPE is supported, got {hf_config.rope_parameters['rope_type']!r}")
+    return Float32Qwen2RotaryEmbedding(config=hf_config)
+
+
 def build_language_model(config: LLMConfig, attn_implementation: str | None = None) -> Qwen2ForCausalLM:
-    """A randomly initialised causal Qwen2 LM (works under `torch.device("meta")`)."""
+    """A randomly initialised causal Qwen2 LM (works under `torch.device("meta")`), rotary frequencies fp32."""
     attn_implementation = attn_implementation or default_attention_implementation()
     logger.debug("building Qwen2 LM with %s attention", attn_implementation)
-    return Qwen2ForCausalLM(qwen2_config(config, attn_implementation))
+    model = Qwen2ForCausalLM(qwen2_config(config, attn_implementation))
+    model.model.rotary_emb = build_rotary_embedding(model.config)
+    return model
 
 
 def hidden_states_of(

@@ -3,8 +3,15 @@
     normalise:    x' = clip(2 (x - q01) / (q99 - q01 + eps) - 1, -1, 1)     where mask is True
     un-normalise: x  = 0.5 (x' + 1) (q99 - q01 + eps) + q01                where mask is True
 
-Dimensions with q01 == q99 (constant in the data) normalise to 0. For LIBERO actions the mask is
-[True] * 6 + [False]: the gripper is already in [0, 1] and is left untouched (facts §2.9).
+Dimensions with q01 == q99 (constant in the data) normalise to 0 (our training convention). For LIBERO actions
+the mask is [True] * 6 + [False]: the gripper is already in [0, 1] and is left untouched (facts §2.9).
+
+Upstream differs in two places (both only matter for (near-)constant dimensions):
+  training    zeroes dims where min == max (action and proprio, masked or not) -- a dim with q01 == q99 but
+              min < max is NOT zeroed there: it normalises to clip(2 (x - q01) / eps - 1) = +-1.
+  evaluation  normalises proprio with the plain clipped formula, no zeroing at all.
+Released checkpoints are evaluated with `zero_constant=False` (upstream's evaluation arithmetic, what their
+weights see there; `VLAConfig.zero_constant_proprio`); checkpoints trained here keep our convention at both ends.
 
 `dataset_statistics.json` (upstream-compatible, so upstream checkpoints and ours are interchangeable):
 
@@ -56,18 +63,22 @@ def _check_dim(stats: dict, x) -> int:
     return dim
 
 
-def normalize_bounds_q99(x, stats: dict):
-    """Normalise the last axis of `x` with BOUNDS_Q99 statistics (see module docstring)."""
+def normalize_bounds_q99(x, stats: dict, zero_constant: bool = True):
+    """Normalise the last axis of `x` with BOUNDS_Q99 statistics (see module docstring).
+
+    zero_constant: map masked dims with q01 == q99 to 0 (ours); False = upstream's evaluation (no zeroing)."""
     dim = _check_dim(stats, x)
     q01, q99 = _like(stats["q01"], x), _like(stats["q99"], x)
     mask = _mask(stats, dim, x)
     scaled = 2 * (x - q01) / (q99 - q01 + NORMALIZATION_EPS) - 1
     if isinstance(x, torch.Tensor):
         scaled = torch.clamp(scaled, -1, 1)
-        scaled = torch.where(q01 == q99, torch.zeros_like(scaled), scaled)
+        if zero_constant:
+            scaled = torch.where(q01 == q99, torch.zeros_like(scaled), scaled)
         return torch.where(mask, scaled, x)
     scaled = np.clip(scaled, -1, 1)
-    scaled = np.where(q01 == q99, 0.0, scaled)
+    if zero_constant:
+        scaled = np.where(q01 == q99, 0.0, scaled)
     return np.where(mask, scaled, x).astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
 
 

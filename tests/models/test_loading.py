@@ -170,7 +170,11 @@ def test_released_hf_config_gives_real_size_config():
     for pro, preset in ((True, "vla-adapter-pro"), (False, "vla-adapter")):
         config = config_from_hf_config(released_hf_config(text), use_pro_version=pro, num_action_queries=64,
                                        action_dim=7, proprio_dim=8)
-        assert config == get_preset(preset)
+        # Released weights: bf16 head RoPE table, upstream's evaluation normalisation of proprio (vla.py quirk 10).
+        expected = get_preset(preset)
+        expected.action_head.rope_dtype = "bfloat16"
+        expected.zero_constant_proprio = False
+        assert config == expected
     with pytest.raises(CheckpointError, match="lacks 'text_config'"):
         config_from_hf_config({"use_fused_vision_backbone": True, "timm_model_ids": [], "image_sizes": []},
                               use_pro_version=True, num_action_queries=64, action_dim=7, proprio_dim=8)
@@ -199,6 +203,9 @@ def test_released_directory_with_hf_config_json(tmp_path, tiny_config, tiny_toke
     loaded = load_vla_checkpoint(path)
     assert loaded.config.num_action_queries == config.num_action_queries
     assert loaded.config.action_head.use_pro_version is True
+    assert loaded.config.action_head.rope_dtype == "bfloat16"  # released weights: upstream's bf16 RoPE table
+    for block in model.action_head.model.mlp_resnet_blocks:
+        block.rope.table_dtype = "bfloat16"
     batch = make_batch(config, LENGTHS)
     torch.testing.assert_close(outputs(loaded.model, batch), outputs(model, batch), rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="requested"):

@@ -317,7 +317,9 @@ def reset_to_init_state(env: Any, init_state: np.ndarray, env_seed: int = LIBERO
     The full `env.reset()` matters: robosuite's horizon counter is NOT reset by `set_init_state`, so
     reusing an env for more than ~1000 cumulative steps would otherwise fail ("executing action in
     terminated episode"). Numpy's global RNG is re-seeded first so an episode's outcome depends only on
-    (task, initial state), not on what the worker ran before (upstream seeds once per task).
+    (task, initial state), not on what the worker ran before (upstream seeds once per task). Both give the
+    same episodes: reset() draws object placements from that RNG, but `set_init_state` overwrites every one of
+    them (tests/eval/test_env_seeding.py checks the rollouts are bit-identical).
     """
     np.random.seed(env_seed)
     env.reset()

@@ -23,10 +23,11 @@ stamp_ok() {  # stamp newer than every given file?
 }
 
 core_stamp=$VENV/.stamp-core
-if ! stamp_ok "$core_stamp" requirements.txt pyproject.toml; then
+if ! stamp_ok "$core_stamp" requirements.txt constraints.txt pyproject.toml; then
   echo "[setup] installing core requirements (first time: several minutes)"
   pip_install --upgrade pip
-  pip_install -r requirements.txt
+  # requirements.txt has compatible ranges (keeps a user's CUDA torch); constraints.txt the tested exact versions.
+  pip_install -r requirements.txt -c constraints.txt
   pip_install --no-deps --no-build-isolation -e .
   touch "$core_stamp"
 fi
@@ -43,9 +44,9 @@ if [ "$part" = "libero" ]; then
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   fi
   libero_stamp=$VENV/.stamp-libero
-  if ! stamp_ok "$libero_stamp" requirements-libero.txt; then
+  if ! stamp_ok "$libero_stamp" requirements-libero.txt constraints.txt; then
     echo "[setup] installing the LIBERO simulator stack"
-    pip_install -r requirements-libero.txt
+    pip_install -r requirements-libero.txt -c constraints.txt
     # libero's declared robomimic dependency is unused by the benchmark and drags in another torch.
     pip_install --no-deps libero==0.1.1
     touch "$libero_stamp"

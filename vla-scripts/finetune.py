@@ -10,17 +10,23 @@
         --dataset_name libero_spatial_no_noops --use_lora True --lora_rank 64 --batch_size 16 \
         --learning_rate 2e-4 --use_craft True
 
-Every flag: `python vla-scripts/finetune.py --help` (docs/EXPERIMENTS_AND_TRAINING.md explains them).
+Every flag: `python vla-scripts/finetune.py --help` (docs/EXPERIMENTS_AND_TRAINING.md explains them). Upstream
+VLA-Adapter's flags and README commands are accepted ("Upstream flags" there); upstream's resume command, a
+checkpoint directory as --config_file_path with --resume True, continues that run:
+
+    python vla-scripts/finetune.py --config_file_path runs/<run id>--10000_chkpt --resume True --max_steps 20000
 """
 
 import logging
 import os
+import sys
 
 import draccus
 
 import prismatic  # noqa: F401  (imports torch before anything that may import tensorflow)
 from prismatic.cli import run_cli
 from prismatic.training.config import FinetuneConfig
+from prismatic.training.resume_dir import config_for_checkpoint_dir, given_flags
 from prismatic.training.train import train
 
 
@@ -31,6 +37,15 @@ def main(cfg: FinetuneConfig) -> None:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
+    # Upstream's resume command names a checkpoint directory: continue that run with its own config.
+    cfg = config_for_checkpoint_dir(cfg, given_flags(sys.argv[1:]))
+    if cfg.dry_run:  # check everything, print the plan, train nothing
+        from prismatic.training.dry_run import plan_run
+
+        plan = plan_run(cfg)
+        if rank == 0:
+            print("\n".join(plan.lines()))
+        return
     result = train(cfg)
     if rank == 0:
         m = result.final_metrics

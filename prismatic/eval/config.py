@@ -2,7 +2,8 @@
 
 Flag names follow upstream's `GenerateConfig` (facts §7.1) so existing launch commands keep working. Changes:
 `use_pro_version` defaults to None (= the checkpoint's head variant; upstream's True made original-head
-checkpoints fail to load), and the upstream-only knobs for other model families / quantisation are gone.
+checkpoints fail to load). Upstream's knobs for other model families / heads / quantisation are accepted with
+the one value this stack implements (anything else is an error naming the flag: prismatic/upstream_flags.py).
 Added: task_ids, num_envs, policy, max_steps, save_videos, device, run_id.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prismatic.constants import LIBERO_MAX_STEPS
+from prismatic.upstream_flags import EVAL_FIXED, check_fixed_flags
 
 POLICIES = ("vla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
@@ -24,7 +26,8 @@ class EvalConfig:
     # fmt: off
     # ---- policy ----
     policy: str = "vla"                          # vla (a checkpoint, run in this process) | scripted (privileged-state expert, run in the sim workers)
-    pretrained_checkpoint: str = ""              # checkpoint directory (released VLA-Adapter layout or ours); required for policy=vla
+    pretrained_checkpoint: str = ""              # checkpoint (released VLA-Adapter layout or ours): a directory or a hub id, e.g. VLA-Adapter/LIBERO-Spatial-Pro; required for policy=vla
+    hub_revision: str | None = None              # branch / tag / commit when --pretrained_checkpoint is a hub id (an id's own @rev suffix wins); None = main
     use_pro_version: bool | None = None          # head variant; None = whatever the checkpoint says (a mismatch with it is an error)
     use_proprio: bool = True                     # feed the 8-d proprio state (must match the checkpoint)
     num_images_in_input: int = 2                 # 2 = third-person + wrist, 1 = third-person only (must match the checkpoint)
@@ -44,6 +47,7 @@ class EvalConfig:
 
     # ---- execution ----
     num_envs: int = 1                            # simulator worker processes run in parallel; observations are batched for the policy
+    dry_run: bool = False                        # validate everything (checkpoint path / hub id, statistics key, suite), print the plan, exit 0 without simulating
     save_videos: str = "all"                     # all | failures | none (errors count as failures): agentview + wrist mp4s in <run dir>/videos
 
     # ---- output ----
@@ -53,9 +57,22 @@ class EvalConfig:
     use_wandb: bool = False                      # log success rates to Weights & Biases
     wandb_entity: str | None = None              # W&B entity (team/user); None = your default
     wandb_project: str = "craft-vla-eval"        # W&B project
+
+    # ---- upstream GenerateConfig flags (docs/EXPERIMENTS_AND_TRAINING.md, "Upstream flags") ----
+    model_family: str = "openvla"                # upstream: model family; openvla (the VLA-Adapter checkpoints) is the only one
+    use_l1_regression: bool = True               # upstream: True = L1-regression action head, the only head here (False: not supported)
+    use_minivlm: bool = True                     # upstream: True = the Qwen2.5-0.5B VLA-Adapter, the only model here (False = OpenVLA-7B: not supported)
+    num_diffusion_steps: int = 50                # upstream: only for a diffusion head (none here), so must stay 50
+    use_film: bool = False                       # upstream: FiLM (True: not supported)
+    load_in_8bit: bool = False                   # upstream: 8-bit quantised loading (True: not supported; bf16 on CUDA, fp32 on CPU)
+    load_in_4bit: bool = False                   # upstream: 4-bit quantised loading (True: not supported)
+    initial_states_path: str = "DEFAULT"         # upstream: DEFAULT = the suite's initial states, the only source here (a JSON path: not supported)
+    save_version: str = "vla-adapter"            # upstream: the ./rollouts/<save_version>/ video folder; here videos go to <run dir>/videos, this label is kept in eval_config.json
+    phase: str = "Inference"                     # upstream: the head's phase; evaluation always uses Inference
     # fmt: on
 
     def __post_init__(self) -> None:
+        check_fixed_flags(self, EVAL_FIXED)  # upstream flags naming what this stack does not have
         if self.policy not in POLICIES:
             raise ValueError(f"--policy must be one of {POLICIES}, got {self.policy!r}")
         if self.policy == "vla" and not self.pretrained_checkpoint:
@@ -109,6 +126,6 @@ class EvalConfig:
 
 # Fields that change what an episode's outcome means; a resumed run must agree with the stored config on them.
 PROTOCOL_FIELDS = (
-    "policy", "pretrained_checkpoint", "use_pro_version", "use_proprio", "num_images_in_input", "center_crop",
+    "policy", "pretrained_checkpoint", "hub_revision", "use_pro_version", "use_proprio", "num_images_in_input", "center_crop",
     "num_open_loop_steps", "unnorm_key", "task_suite_name", "num_steps_wait", "max_steps", "env_img_res", "seed",
 )

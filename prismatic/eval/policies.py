@@ -93,17 +93,20 @@ class VLAPolicy:
         return process_gripper_action(actions.float().cpu().numpy())
 
 
-def build_vla_policy(cfg: EvalConfig) -> VLAPolicy:
-    """Load and check a checkpoint against the flags. Every mismatch is an error here, before any simulator
-    starts: missing directory/files, head variant, proprio / image-count / chunk mismatches, statistics."""
-    from prismatic.models.loading import load_vla_checkpoint
+def resolve_checkpoint(cfg: EvalConfig) -> Path:
+    """--pretrained_checkpoint as a local path: the directory itself, or the hub snapshot of a hub id (fetched
+    once into the HF cache; with HF_HUB_OFFLINE=1 from the cache only, else an error naming the repo)."""
+    from prismatic.models.hub import looks_like_hub_id, resolve_model_dir
 
-    ckpt = Path(cfg.pretrained_checkpoint)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"--pretrained_checkpoint is not a directory: {ckpt}")
-    device, dtype = resolve_device(cfg.device)
-    loaded = load_vla_checkpoint(ckpt, device=device, dtype=dtype, use_pro_version=cfg.use_pro_version)
-    config = loaded.config
+    value = cfg.pretrained_checkpoint
+    if not Path(value).exists() and looks_like_hub_id(value):
+        return resolve_model_dir(value, revision=cfg.hub_revision, flag="--pretrained_checkpoint", kind="checkpoint")
+    return Path(value)
+
+
+def check_checkpoint_flags(cfg: EvalConfig, config, dataset_statistics: dict, ckpt: Path) -> str:
+    """The flags against a checkpoint's config and statistics (what `build_vla_policy` and `--dry_run` check).
+    Returns the dataset-statistics key used to un-normalise actions."""
     if config.num_images_in_input != cfg.num_images_in_input:
         raise ValueError(f"--num_images_in_input {cfg.num_images_in_input} does not match the checkpoint "
                          f"({config.num_images_in_input}) in {ckpt}")
@@ -117,16 +120,31 @@ def build_vla_policy(cfg: EvalConfig) -> VLAPolicy:
         raise ValueError(f"--num_open_loop_steps {cfg.num_open_loop_steps} exceeds the checkpoint's action chunk "
                          f"({config.num_actions_chunk})")
     try:
-        key = select_unnorm_key(loaded.dataset_statistics, cfg.unnorm_key or cfg.task_suite_name)
+        key = select_unnorm_key(dataset_statistics, cfg.unnorm_key or cfg.task_suite_name)
     except KeyError as e:
         raise ValueError(f"--unnorm_key {cfg.unnorm_key or cfg.task_suite_name!r}: no matching dataset statistics in "
                          f"{ckpt}: {e.args[0]}") from e
-    entry = loaded.dataset_statistics[key]
+    entry = dataset_statistics[key]
     for part, dim in (("action", config.action_dim), ("proprio", config.proprio_dim)):
         if part == "proprio" and not config.use_proprio:
             continue
         if part not in entry or len(entry[part]["q01"]) != dim:
             raise ValueError(f"dataset statistics {key!r} in {ckpt} lack a {dim}-d {part!r} entry")
+    return key
+
+
+def build_vla_policy(cfg: EvalConfig) -> VLAPolicy:
+    """Load and check a checkpoint against the flags. Every mismatch is an error here, before any simulator
+    starts: missing directory/files, head variant, proprio / image-count / chunk mismatches, statistics."""
+    from prismatic.models.loading import load_vla_checkpoint
+
+    ckpt = resolve_checkpoint(cfg)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"--pretrained_checkpoint is not a directory: {ckpt}")
+    device, dtype = resolve_device(cfg.device)
+    loaded = load_vla_checkpoint(ckpt, device=device, dtype=dtype, use_pro_version=cfg.use_pro_version)
+    config = loaded.config
+    key = check_checkpoint_flags(cfg, config, loaded.dataset_statistics, ckpt)
     logger.info("loaded %s (%s, %s head) on %s/%s; un-normalising with %r", ckpt, config.preset,
                 "Pro" if config.action_head.use_pro_version else "original", device, dtype, key)
     return VLAPolicy(loaded, key, cfg.center_crop, cfg.num_images_in_input, device)

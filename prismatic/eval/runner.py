@@ -87,7 +87,7 @@ def select_episodes(cfg: EvalConfig) -> tuple[dict[int, str], dict[int, list[int
 
 def _config_record(cfg: EvalConfig) -> dict:
     record = asdict(cfg)
-    if record["pretrained_checkpoint"]:
+    if record["pretrained_checkpoint"] and Path(record["pretrained_checkpoint"]).exists():  # hub ids stay ids
         record["pretrained_checkpoint"] = str(Path(record["pretrained_checkpoint"]).resolve())
     return record
 
@@ -269,6 +269,9 @@ def _join(first: str | None, second: str) -> str:
 def run_evaluation(cfg: EvalConfig, policy: BatchPolicy | str | None = None) -> EvalOutcome:
     """Evaluate `cfg`. `policy` overrides the one the flags name: a `BatchPolicy` object (runs here, batched)
     or an in-worker policy spec ("scripted" or "module:factory")."""
+    if cfg.dry_run:
+        raise ValueError("--dry_run True simulates nothing: use prismatic.eval.dry_run.plan_evaluation(cfg) "
+                         "(run_libero_eval.py does)")
     task_names, episodes = select_episodes(cfg)
     if policy is None:
         policy = build_vla_policy(cfg) if cfg.policy == "vla" else cfg.policy

@@ -13,12 +13,17 @@ Released / our checkpoint directory (facts §5.2; our training checkpoints write
 Base VLM for fine-tuning (facts §5.1): a Prismatic run directory with `checkpoints/*.pt` in the native
 format (`torch.load(...)["model"]` = {"projector": {projector.{0,2,4}.*}, "llm_backbone": {llm.model.*,
 llm.lm_head.weight}, optionally "vision_backbone": {dino_featurizer.*, siglip_featurizer.*}}). The released
-base VLM has no vision weights: the towers come from timm's pretrained weights, which must be on disk
-(nothing is downloaded). They are looked up, per tower, in this order:
+base VLM has no vision weights: the towers come from timm's pretrained weights. They are looked up, per
+tower, in this order:
 
     1. <vision_weights_dir>/<timm_model_id>.safetensors    (default dir: <vlm_dir>/vision/)
-    2. the local Hugging Face hub cache, timm's repo for the tower (e.g. timm/vit_large_patch14_reg4_dinov2.lvd142m,
-       timm/vit_so400m_patch14_siglip_224.webli), file model.safetensors
+    2. timm's own pretrained weights (`timm.create_model(<id>.<tag>, pretrained=True)`), which timm fetches
+       through the Hugging Face hub cache (e.g. timm/vit_large_patch14_reg4_dinov2.lvd142m,
+       timm/vit_so400m_patch14_siglip_224.webli): downloaded once, then read from the cache (HF_HOME);
+       with HF_HUB_OFFLINE=1 only the cache is used.
+
+Both loaders also take a Hugging Face hub id instead of a directory (`prismatic.models.hub`): the released
+`VLA-Adapter/LIBERO-*` repos, `Stanford-ILIAD/prism-qwen25-extra-dinosiglip-224px-0_5b`.
 
 timm-format files are passed through timm's checkpoint filter (resamples pos_embed to the model's grid).
 
@@ -51,6 +56,7 @@ from prismatic.constants import (
     VLA_CONFIG_FILE,
 )
 from prismatic.models.config import ActionHeadConfig, LLMConfig, VisionConfig, VLAConfig
+from prismatic.models.manifest import CorruptCheckpointError, verify_manifest
 from prismatic.models.processing import VLAProcessor, load_tokenizer
 from prismatic.models.vision import timm_architecture
 from prismatic.models.vla import VLAAdapter
@@ -97,10 +103,13 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / corrupt (safetensors and torch do not name the file): name it
+        raise CorruptCheckpointError(f"corrupt weights file {path}: {type(e).__name__}: {e}") from e
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(path, ["expected a flat mapping of tensor names to tensors"])
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -190,13 +199,16 @@ def config_from_hf_config(
             max_position_embeddings=text["max_position_embeddings"],
             tie_word_embeddings=bool(text["tie_word_embeddings"]),
         ),
-        action_head=ActionHeadConfig(use_pro_version=use_pro_version, num_heads=RELEASED_HEAD_NUM_HEADS),
+        # Upstream trained (and evaluates) its heads in bf16: the released Pro weights saw a bf16 RoPE table.
+        action_head=ActionHeadConfig(use_pro_version=use_pro_version, num_heads=RELEASED_HEAD_NUM_HEADS,
+                                     rope_dtype="bfloat16"),
         num_images_in_input=num_images_in_input,
         num_action_queries=num_action_queries,
         num_actions_chunk=RELEASED_NUM_ACTIONS_CHUNK,
         action_dim=action_dim,
         proprio_dim=proprio_dim if proprio_dim is not None else 8,
         use_proprio=proprio_dim is not None,
+        zero_constant_proprio=False,  # upstream's evaluation normalises proprio without zeroing (vla.py quirk 10)
     )
 
 
@@ -284,22 +296,63 @@ def _find_one(directory: Path, prefix: str) -> tuple[Path | None, str | None]:
     return matches[0], None
 
 
-def load_vla_checkpoint(
+@dataclass
+class CheckedCheckpoint:
+    """A checkpoint directory whose files were found and checked against the model they describe."""
+
+    directory: Path
+    config: VLAConfig
+    model: VLAAdapter  # on the meta device (no weights)
+    head_path: Path
+    proprio_path: Path | None
+    states: dict[str, dict[str, torch.Tensor]]  # "vlm" / "head" / "proprio" -> state (meta tensors when lazy)
+
+
+def read_state_shapes(path: str | Path) -> dict[str, torch.Tensor]:
+    """Like `read_state_file`, without reading the weights: meta tensors of the stored shapes and dtypes
+    (safetensors header; torch .pt files are memory-mapped and only their metadata is touched)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                sliced = f.get_slice(key)
+                out[key] = torch.empty(sliced.get_shape(), dtype=_SAFETENSORS_DTYPES[sliced.get_dtype()],
+                                       device="meta")
+        return out
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(path, ["expected a flat mapping of tensor names to tensors"])
+    return {k.removeprefix("module."): torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def check_vla_checkpoint(
     ckpt_dir: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
     use_pro_version: bool | None = None,
     num_images_in_input: int | None = None,
     attn_implementation: str | None = None,
-) -> LoadedVLA:
-    """Load a released VLA-Adapter checkpoint or one of ours (same files) for inference.
+    lazy: bool = True,
+) -> CheckedCheckpoint:
+    """Every check `load_vla_checkpoint` makes (files present, manifest, head variant, strict keys and shapes
+    against the model built on the meta device), without loading the model. lazy: read only the tensors'
+    shapes (what `--dry_run` uses); False reads the weights (the loader)."""
+    from prismatic.models.hub import looks_like_hub_id, resolve_model_dir
 
-    use_pro_version: None accepts the head variant found in the file; True / False demands it (error if
-    the file holds the other variant). num_images_in_input overrides the config's (released: 2).
-    """
+    if not Path(ckpt_dir).exists() and looks_like_hub_id(str(ckpt_dir)):
+        ckpt_dir = resolve_model_dir(ckpt_dir, flag="checkpoint")
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {ckpt_dir}")
+    verify_manifest(ckpt_dir)  # ours: every file against its sha256; released (no manifest): nothing to check
     missing = []
     head_path, why = _find_one(ckpt_dir, "action_head")
     missing += [why] if why else []
@@ -318,9 +371,10 @@ def load_vla_checkpoint(
     if missing:
         raise FileNotFoundError(f"checkpoint {ckpt_dir} lacks: {', '.join(missing)}")
 
-    head_state = read_state_file(head_path)
-    proprio_state = read_state_file(proprio_path) if proprio_path is not None else None
-    vlm_state = read_state_file(ckpt_dir / MERGED_MODEL_FILE)
+    read = read_state_shapes if lazy else read_state_file
+    head_state = read(head_path)
+    proprio_state = read(proprio_path) if proprio_path is not None else None
+    vlm_state = read(ckpt_dir / MERGED_MODEL_FILE)
 
     problems = []
     file_pro = head_variant_of(head_state)
@@ -363,6 +417,28 @@ def load_vla_checkpoint(
     if problems:
         raise CheckpointError(ckpt_dir, problems)
 
+    return CheckedCheckpoint(ckpt_dir, config, model, head_path, proprio_path,
+                             {"vlm": vlm_state, "head": head_state, "proprio": proprio_state})
+
+
+def load_vla_checkpoint(
+    ckpt_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    use_pro_version: bool | None = None,
+    num_images_in_input: int | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedVLA:
+    """Load a released VLA-Adapter checkpoint or one of ours (same files) for inference.
+
+    ckpt_dir: a directory, or a hub id (e.g. VLA-Adapter/LIBERO-Spatial-Pro, resolved by `hub.resolve_model_dir`).
+    use_pro_version: None accepts the head variant found in the file; True / False demands it (error if
+    the file holds the other variant). num_images_in_input overrides the config's (released: 2).
+    """
+    checked = check_vla_checkpoint(ckpt_dir, use_pro_version, num_images_in_input, attn_implementation, lazy=False)
+    ckpt_dir, config, model = checked.directory, checked.config, checked.model
+    vlm_state, head_state, proprio_state = (checked.states[k] for k in ("vlm", "head", "proprio"))
+    file_pro = config.action_head.use_pro_version
     full = dict(vlm_state)
     full.update({f"action_head.{k}": v for k, v in head_state.items()})
     if proprio_state is not None and model.proprio_projector is not None:
@@ -404,30 +480,52 @@ def _vision_key(key: str) -> str:
     return key[: -len(".gamma")] + ".scale_factor" if key.endswith(".gamma") else key
 
 
-def _timm_weights_path(model_id: str, vision_dir: Path, hf_cache_dir: str | Path | None) -> tuple[Path | None, list[str]]:
-    """Locate a tower's timm weights on disk: <vision_dir>/<id>.safetensors, then the HF hub cache."""
-    import timm
-    from huggingface_hub import try_to_load_from_cache
-
-    tried = [str(vision_dir / f"{model_id}.safetensors")]
-    if Path(tried[0]).is_file():
-        return Path(tried[0]), tried
-    tagged = model_id if "." in model_id else f"{model_id}.{UPSTREAM_PRETRAINED_TAGS.get(model_id, '')}".rstrip(".")
-    pretrained_cfg = timm.models.get_pretrained_cfg(tagged)
-    repo = getattr(pretrained_cfg, "hf_hub_id", None) if pretrained_cfg is not None else None
-    if repo:
-        tried.append(f"HF cache {repo}/model.safetensors")
-        cached = try_to_load_from_cache(repo, "model.safetensors", cache_dir=hf_cache_dir)
-        if isinstance(cached, str):
-            return Path(cached), tried
-    return None, tried
+def _tagged_timm_id(model_id: str) -> str:
+    """`id.tag` of a tower: ids without a tag get the one the Prismatic base VLM used (timm 0.9.10 defaults)."""
+    if "." in model_id:
+        return model_id
+    tag = UPSTREAM_PRETRAINED_TAGS.get(model_id)
+    return f"{model_id}.{tag}" if tag else model_id
 
 
-def _load_timm_tower(tower: torch.nn.Module, path: Path, prefix: str) -> dict[str, torch.Tensor]:
+def _load_timm_file(tower: torch.nn.Module, path: Path, prefix: str) -> dict[str, torch.Tensor]:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(load_file(str(path)), tower)  # resamples pos_embed to the model's grid
     return {f"{prefix}.{_vision_key(k)}": v for k, v in state.items()}
+
+
+def _tower_weights(config: VLAConfig, attr: str, model_id: str, tower: torch.nn.Module, vision_dir: Path,
+                   hf_cache_dir: str | Path | None) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """One tower's weights (our key names, prefixed) from `<vision_dir>/<id>.safetensors`, else from timm's
+    pretrained weights (through the HF hub cache). Returns (state, "") or (None, what was tried and why not)."""
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    from prismatic.models.vision import pretrained_tower_state
+
+    prefix = f"vision_backbone.{attr}"
+    local = vision_dir / f"{model_id}.safetensors"
+    if local.is_file():
+        return _load_timm_file(tower, local, prefix), ""
+    tagged = _tagged_timm_id(model_id)
+    v = config.vision
+    dims = ((v.dino_embed_dim, v.dino_depth, v.dino_num_heads) if attr == "featurizer"
+            else (v.siglip_embed_dim, v.siglip_depth, v.siglip_num_heads))
+    try:
+        state = pretrained_tower_state(tagged, v.image_size, *dims,
+                                       cache_dir=None if hf_cache_dir is None else str(hf_cache_dir))
+    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError) as e:
+        repo = getattr(timm_pretrained_cfg(tagged), "hf_hub_id", None) or tagged
+        return None, (f"{model_id}: not at {local}, and timm's pretrained weights {tagged} (hub repo {repo}) could "
+                      f"not be fetched: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return {f"{prefix}.{k}": t for k, t in state.items()}, ""
+
+
+def timm_pretrained_cfg(tagged_model_id: str):
+    """timm's pretrained config for `id.tag` (None if timm has none)."""
+    import timm
+
+    return timm.models.get_pretrained_cfg(tagged_model_id)
 
 
 def load_base_vlm(
@@ -440,11 +538,16 @@ def load_base_vlm(
     """A VLAAdapter whose VLM (vision towers, projector, LLM) comes from a Prismatic base-VLM directory;
     action queries, head and proprio projector stay randomly initialised (they are trained from scratch).
 
-    vlm_dir: the Prismatic run directory (with `checkpoints/*.pt`; the highest step is used), or a `.pt`.
+    vlm_dir: the Prismatic run directory (with `checkpoints/*.pt`; the highest step is used), a `.pt`, or a
+    hub id (e.g. Stanford-ILIAD/prism-qwen25-extra-dinosiglip-224px-0_5b, resolved by `hub.resolve_model_dir`).
     vision_weights_dir: where `<timm_model_id>.safetensors` of each tower live (default `<vlm_dir>/vision`),
-    used only when the checkpoint has no "vision_backbone" entry. hf_cache_dir: HF hub cache to search
-    (default: the standard cache). Nothing is downloaded.
+    used only when the checkpoint has no "vision_backbone" entry; towers not there come from timm's pretrained
+    weights (fetched through the HF hub cache; hf_cache_dir overrides the cache location).
     """
+    from prismatic.models.hub import looks_like_hub_id, resolve_model_dir
+
+    if not Path(vlm_dir).exists() and looks_like_hub_id(str(vlm_dir)):
+        vlm_dir = resolve_model_dir(vlm_dir, flag="base VLM", kind="base_vlm")
     vlm_path = Path(vlm_dir)
     if vlm_path.is_file():
         ckpt_path, vlm_dir = vlm_path, vlm_path.parent.parent
@@ -494,17 +597,18 @@ def load_base_vlm(
         not_found = []
         for attr, model_id in (("featurizer", config.vision.dino_model_id),
                                ("fused_featurizer", config.vision.siglip_model_id)):
-            path, tried = _timm_weights_path(model_id, vision_dir, hf_cache_dir)
-            if path is None:
-                not_found.append(f"{model_id} (looked for: {'; '.join(tried)})")
+            tower_state, why = _tower_weights(config, attr, model_id, getattr(model.vision_backbone, attr),
+                                              vision_dir, hf_cache_dir)
+            if tower_state is None:
+                not_found.append(why)
                 continue
-            tower = getattr(model.vision_backbone, attr)
-            state.update(_load_timm_tower(tower, path, f"vision_backbone.{attr}"))
+            state.update(tower_state)
         if not_found:
             raise FileNotFoundError(
-                f"{ckpt_path} has no vision weights and the timm pretrained weights are not on disk: "
+                f"{ckpt_path} has no vision weights and the timm pretrained weights are not available: "
                 + " | ".join(not_found)
-                + f". Put <timm_model_id>.safetensors files in {vision_dir} (or pass vision_weights_dir)."
+                + f". Fetch them once with network access (they are cached under HF_HOME), or put "
+                f"<timm_model_id>.safetensors files in {vision_dir} (or pass vision_weights_dir)."
             )
 
     expected = {k: v for k, v in model.merged_vlm_state_dict().items() if not k.startswith("action_queries")}

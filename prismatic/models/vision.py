@@ -1,7 +1,8 @@
 """Fused DINOv2 + SigLIP vision backbone (facts §2.1).
 
 Both towers are timm ViTs built with `pretrained=False` (weights come from checkpoints, see
-`prismatic.models.loading`). Each tower contributes the patch tokens of its SECOND-TO-LAST block: no final
+`prismatic.models.loading`; for a base VLM without vision weights, from timm's pretrained weights via
+`pretrained_tower_state`). Each tower contributes the patch tokens of its SECOND-TO-LAST block: no final
 norm, prefix tokens (class / register) dropped. The two towers' features are concatenated per patch
 (1024 + 1152 = 2176 at real size), and several images are concatenated along the patch axis:
 
@@ -55,6 +56,23 @@ def create_tower(model_id: str, image_size: int, embed_dim: int, depth: int, num
     )
     rename_layer_scale(tower)
     return tower
+
+
+def pretrained_tower_state(model_id: str, image_size: int, embed_dim: int, depth: int, num_heads: int,
+                           cache_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights of `model_id` (`id.tag`) for a tower of the given architecture, our key names.
+
+    Goes through timm's own pretrained mechanism (`timm.create_model(pretrained=True)`: the tag's hub repo, e.g.
+    timm/vit_large_patch14_reg4_dinov2.lvd142m, fetched by huggingface_hub into its cache, or read from the cache
+    when HF_HUB_OFFLINE=1; cache_dir overrides the cache location), so timm's checkpoint filter resamples
+    pos_embed to `image_size` and loading is strict (an architecture that does not match the weights raises).
+    Errors from the hub (offline and not cached, ...) propagate to the caller.
+    """
+    plain = timm.create_model(model_id, pretrained=True, num_classes=0, img_size=image_size, embed_dim=embed_dim,
+                              depth=depth, num_heads=num_heads, cache_dir=cache_dir)
+    state = plain.state_dict()
+    # timm LayerScale.gamma -> scale_factor (the released key name, see `LayerScale`).
+    return {(k[: -len(".gamma")] + ".scale_factor" if k.endswith(".gamma") else k): v for k, v in state.items()}
 
 
 def timm_architecture(model_id: str, image_size: int) -> tuple[int, int, int, int]:

@@ -30,7 +30,8 @@ duplicate saves, resume) are NOT reproduced; they are trainer matters and are fi
    vision keys get uniform (not zero) weight.
 4. The action latent starts at zero; in training mode a fresh N(0, 0.02^2) draw of shape (chunk, A*D),
    shared by the whole batch, is added (upstream's "learnable_random_perturbations", which is not
-   learned). Because LayerNorm follows, train-time inputs are unit-variance noise while eval-time inputs are
+   learned). The trainer draws it once per optimizer step for the whole GLOBAL batch (upstream: once per
+   GPU micro-batch), so the run does not depend on the number of GPUs (prismatic.training.randomness). Because LayerNorm follows, train-time inputs are unit-variance noise while eval-time inputs are
    exactly the LN bias. `config.action_head.train_noise_std` sets the std (0 disables it).
 5. Pro RoPE layout: per source positions (chunk 0..T-1 for q and self keys, 0..Q for query+proprio keys,
    0..P-1 for vision keys; values unrotated), base 10000, with a half-split angle table applied to
@@ -40,6 +41,13 @@ duplicate saves, resume) are NOT reproduced; they are trainer matters and are fi
 7. Blocks end with ReLU(Linear(LayerNorm(attn + x))): no skip around the FFN, so outputs are >= 0.
 8. The proprio token goes to the head only (appended to the query states), never into the LLM sequence.
 9. Vision states never see the instruction (images precede the text under causal attention).
+10. Precision of the tables the released weights were trained with (upstream ran everything in bf16):
+   the LLM's rotary cos/sin come from fp32 frequencies (transformers 4.40 cached them before the bf16 cast;
+   ours keep `inv_freq` fp32 in every cast, `prismatic.models.precision`), while the Pro head's RoPE table
+   was computed entirely in bf16 (positions 257..511 rounded). `config.action_head.rope_dtype` records the
+   table a checkpoint was trained with: "bfloat16" for released files (set by the loader), "float32" for
+   heads trained here (fp32 master weights). Released proprio statistics are applied at evaluation as
+   upstream's evaluation does, without zeroing constant dimensions (`config.zero_constant_proprio`).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from torch import nn
 
 from prismatic.models.action_heads import BridgeAttentionActionHead, RotaryEmbedding
 from prismatic.models.config import VLAConfig
-from prismatic.models.llm import build_language_model, hidden_states_of
+from prismatic.models.llm import build_language_model, build_rotary_embedding, hidden_states_of
 from prismatic.models.projector import ProprioProjector, VisionLanguageProjector
 from prismatic.models.vision import FusedVisionBackbone
 from prismatic.vla.normalization import normalize_bounds_q99, unnormalize_bounds_q99
@@ -90,6 +98,19 @@ class TokenLayout:
     num_patches: int
 
 
+def _check_on_device(condition: torch.Tensor, message: str) -> None:
+    """Raise ValueError(message) unless the 0-dim bool `condition` holds, without a host read of it.
+
+    `torch._assert_async` evaluates on the tensor's device: on CPU it raises here (re-raised as ValueError);
+    on CUDA it is a device-side assertion that aborts at the next synchronisation. A right-padded mask is a
+    property of the collator, so on accelerators this is a guard against a broken input pipeline, checked
+    without stalling every forward on a device-to-host copy."""
+    try:
+        torch._assert_async(condition, message)
+    except RuntimeError as error:
+        raise ValueError(message) from error
+
+
 class VLAAdapter(nn.Module):
     def __init__(self, config: VLAConfig, attn_implementation: str | None = None) -> None:
         """Random initialisation from `config` (works under `torch.device("meta")`).
@@ -113,6 +134,7 @@ class VLAAdapter(nn.Module):
             num_heads=config.action_head.num_heads,
             use_pro_version=config.action_head.use_pro_version,
             train_noise_std=config.action_head.train_noise_std,
+            rope_dtype=config.action_head.rope_dtype,
         )
         self.proprio_projector = ProprioProjector(config.proprio_dim, d) if config.use_proprio else None
 
@@ -125,14 +147,13 @@ class VLAAdapter(nn.Module):
         b, length = attention_mask.shape
         lengths = attention_mask.sum(dim=1)  # (B,)
         arange = torch.arange(length, device=attention_mask.device)
-        if not torch.equal(attention_mask, arange.unsqueeze(0) < lengths.unsqueeze(1)):
-            raise ValueError("attention_mask must be right-padded: each row True for a prefix, then False")
+        # Checked on the mask's device, never read back (no host sync per forward; see _check_on_device).
+        _check_on_device((attention_mask == (arange.unsqueeze(0) < lengths.unsqueeze(1))).all(),
+                         "attention_mask must be right-padded: each row True for a prefix, then False")
         # Need the first token, at least one more prompt token, then Q queries (quirk 1 reads one before).
-        if int(lengths.min()) < q + 2:
-            raise ValueError(
-                f"a row has {int(lengths.min())} attended tokens; need >= num_action_queries + 2 = {q + 2} "
-                "(prompt + action-query placeholders)"
-            )
+        _check_on_device(lengths.min() >= q + 2,
+                         f"a row of attention_mask has fewer than num_action_queries + 2 = {q + 2} attended tokens "
+                         "(prompt + action-query placeholders)")
         text_query_positions = lengths.unsqueeze(1) - q + torch.arange(q, device=attention_mask.device)  # (B, Q)
         query_positions = text_query_positions + p  # text position j >= 1 sits at j + P
         return TokenLayout(query_positions, query_positions - 1, vision_start=1, num_patches=p)
@@ -167,9 +188,13 @@ class VLAAdapter(nn.Module):
         output_craft_features: bool = False,
         craft_layer_idx: int | None = None,
         compute_actions: bool = True,
+        head_noise: torch.Tensor | None = None,
     ) -> VLAOutput:
         """input_ids (B, L) long, attention_mask (B, L) bool (right-padded), pixel_values (B, 6N, H, W),
         proprio (B, P_dim) normalised, actions (B, chunk, A) normalised or None.
+
+        head_noise: (chunk, A*D) standard-normal draw for the head's training noise (quirk 4), or None to
+        draw it from torch's RNG; the trainer passes one per optimizer step (world-size invariance).
 
         compute_actions=False skips the action head (only the CRaFT features are wanted, e.g. the anchor
         forward: the head does not influence Φ)."""
@@ -194,7 +219,8 @@ class VLAAdapter(nn.Module):
             vision_states = [h[:, :p] for h in layers]
             query_states = [h[rows, layout.head_query_positions] for h in layers]
             proprio_token = self._proprio_token(proprio, b)
-            out.predicted_actions = self.action_head(vision_states, query_states, proprio_token)  # (B, chunk, A)
+            out.predicted_actions = self.action_head(vision_states, query_states, proprio_token,
+                                                     noise=head_noise)  # (B, chunk, A)
         predicted = out.predicted_actions
         if actions is not None:
             expected = (b, cfg.num_actions_chunk, cfg.action_dim)
@@ -245,7 +271,8 @@ class VLAAdapter(nn.Module):
         if self.config.use_proprio:
             if proprio_raw is None:
                 raise ValueError("config.use_proprio is True but proprio_raw is None")
-            proprio = normalize_bounds_q99(proprio_raw.float(), stats["proprio"])
+            proprio = normalize_bounds_q99(proprio_raw.float(), stats["proprio"],
+                                           zero_constant=self.config.zero_constant_proprio)
         was_training = self.training
         self.eval()
         try:
@@ -258,15 +285,13 @@ class VLAAdapter(nn.Module):
     def materialize_meta_buffers(self, device: torch.device) -> None:
         """After `load_state_dict(..., assign=True)` into a meta-device model: recompute the non-persistent
         buffers (the LLM's and the head's RoPE tables, which no checkpoint stores) and re-tie the LM head."""
-        from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
-
         inner = self.language_model.model
         if inner.rotary_emb.inv_freq.is_meta:
-            inner.rotary_emb = Qwen2RotaryEmbedding(config=self.language_model.config).to(device)
+            inner.rotary_emb = build_rotary_embedding(self.language_model.config).to(device)
         for block in self.action_head.model.mlp_resnet_blocks:
             rope = getattr(block, "rope", None)
             if rope is not None and rope.inv_freq.is_meta:
-                block.rope = RotaryEmbedding(2 * rope.inv_freq.shape[0]).to(device)
+                block.rope = RotaryEmbedding(2 * rope.inv_freq.shape[0], table_dtype=rope.table_dtype).to(device)
         self.language_model.tie_weights()
         left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
         if left:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
+from prismatic.jsonl import append_record, drop_torn_tail
+
 log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
 
 # internal metric name -> W&B key
 WANDB_KEYS = {
@@ -26,6 +31,12 @@ WANDB_KEYS = {
     "conflict_ratio": "CRaFT/Conflict Ratio",
     "grad_cosine": "CRaFT/Gradient Cosine",
     "projection_energy_removed": "CRaFT/Projection Energy Removed",
+    # validation (--use_val_set): upstream's "VLA Val/" prefix on the train names
+    "val_loss": "VLA Val/Loss",
+    "val_curr_action_l1": "VLA Val/Curr Action L1 Loss",
+    "val_next_actions_l1": "VLA Val/Next Actions L1 Loss",
+    "val_retention_loss": "VLA Val/Retention Loss",
+    "val_batches_count": "VLA Val/Val Batches Count",
 }
 
 
@@ -41,13 +52,23 @@ def progress_line(m: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def val_line(m: dict[str, float]) -> str:
+    """`Val Loss: 0.1234 | Curr L1: 0.1000 | Next L1: 0.1300 [| Retention: 0.0100] | Batches: 12`."""
+    parts = [f"Val Loss: {m['val_loss']:.4f}", f"Curr L1: {m['val_curr_action_l1']:.4f}",
+             f"Next L1: {m['val_next_actions_l1']:.4f}"]
+    if "val_retention_loss" in m:
+        parts.append(f"Retention: {m['val_retention_loss']:.4f}")
+    parts.append(f"Batches: {m['val_batches_count']:.0f}")
+    return " | ".join(parts)
+
+
 class MetricsLogger:
     """Rank-0 sink for step metrics: W&B (online/offline/disabled) and `metrics.jsonl` in the run dir."""
 
     def __init__(self, run_dir: Path, mode: str, project: str, entity: str | None, run_name: str,
                  config: dict, resume_run_id: str | None, start_step: int):
         self.run_dir = run_dir
-        self.jsonl = run_dir / "metrics.jsonl"
+        self.jsonl = run_dir / METRICS_FILE
         self._truncate_after(start_step)
         self.wandb_run = None
         if mode != "disabled":
@@ -63,15 +84,21 @@ class MetricsLogger:
         return self.wandb_run.id if self.wandb_run is not None else None
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint (they will be logged again identically)."""
-        if not self.jsonl.exists():
+        """On resume, drop lines logged after the checkpoint (they will be logged again identically).
+        Rewritten atomically (temp file, rename): a crash here leaves the old file."""
+        rows = check_metrics_file(self.run_dir)
+        if rows is None:
             return
-        kept = [line for line in self.jsonl.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.jsonl.write_text("".join(line + "\n" for line in kept))
+        tmp = self.jsonl.with_name(self.jsonl.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in rows if row["step"] <= step))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.jsonl)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         with self.jsonl.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            append_record(f, {"step": step, **metrics})
         if self.wandb_run is not None:
             self.wandb_run.log({WANDB_KEYS.get(k, k): v for k, v in metrics.items()}, step=step)
 
@@ -80,9 +107,39 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
+def _parse_rows(path: Path) -> list[dict]:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["step"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}, line {i + 1}: not a metrics record ({type(e).__name__}: {e}): "
+                             f"{line[:200]!r}") from None
+        rows.append(row)
+    return rows
+
+
+def check_metrics_file(run_dir: str | Path) -> list[dict] | None:
+    """Before a resumed run appends to metrics.jsonl: drop a torn last line (a crash mid-write; warned) and
+    check the rest, naming the file and line of a bad record. Returns the rows, None if there is no file."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    drop_torn_tail(path)
+    return _parse_rows(path)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All rows of a run's metrics.jsonl (used by benchmarks and plots)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    """All rows of a run's metrics.jsonl (used by benchmarks and plots). A torn last line (a run killed while
+    writing it) is skipped with a warning; any other bad line is an error naming it."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        log.warning("ignoring a torn last line in %s: %r", path, text[text.rfind("\n") + 1:][:200])
+        text = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines() if line]

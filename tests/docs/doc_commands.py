@@ -46,10 +46,13 @@ EVAL_SCRIPT = "experiments/robot/libero/run_libero_eval.py"
 SYNTHETIC_SCRIPT = "vla-scripts/make_synthetic_libero_rlds.py"
 DEMOS_SCRIPT = "vla-scripts/generate_libero_demos.py"
 MODEL_SUMMARY_SCRIPT = "vla-scripts/model_summary.py"
+RANDOM_BASE_VLM_SCRIPT = "vla-scripts/make_random_base_vlm.py"
+BENCH_REAL_SIZE_SCRIPT = "benchmarks/bench_real_size.py"
+GPU_CHECK_SCRIPT = "benchmarks/gpu_check.sh"
 DRIVER_MODULE = "craft_experiments.common_utils.experiments"
 LOG_PARSER_MODULE = "craft_experiments.common_utils.log_parser"
 PLOTS_MODULE = "craft_experiments.common_utils.plots"
-DRIVER_SCRIPT_RE = re.compile(r"^craft_experiments/0\d_[a-z_]+/run_table\d_[a-z_]+\.(sh|ps1)$")
+DRIVER_SCRIPT_RE = re.compile(r"^craft_experiments/0\d_[a-z_]+/run_[a-z0-9_]+\.(sh|ps1)$")
 
 TAG_RE = re.compile(r"^<!--\s*doc-test:\s*([a-z0-9-]+)\s*-->$")
 FENCE_RE = re.compile(r"^```([A-Za-z0-9_+-]*)\s*$")
@@ -226,8 +229,13 @@ def classify(argv: list[str]) -> str:
         return "torchrun"
     if head == "hf" and argv[1:2] == ["download"]:
         return "hf-download"
+    pip = argv[3:] if head == "cd" and argv[2:3] == ["&&"] else argv
+    if pip[:2] == ["pip", "install"] and pip[2:3] and pip[2] in ("-e", "-r", "-c"):  # the install path, not packages
+        return "pip-install"
     if head == "bash" and len(argv) >= 2 and DRIVER_SCRIPT_RE.match(argv[1]):
         return "driver"
+    if head == "bash" and argv[1:2] == [GPU_CHECK_SCRIPT]:
+        return "gpu-check"
     target = python_target(argv)
     if target is not None:
         kind, name, _ = target
@@ -236,7 +244,10 @@ def classify(argv: list[str]) -> str:
         table = {("script", FINETUNE_SCRIPT): "finetune", ("script", EVAL_SCRIPT): "eval",
                  ("script", SYNTHETIC_SCRIPT): "synthetic", ("script", DEMOS_SCRIPT): "demos",
                  ("script", MODEL_SUMMARY_SCRIPT): "model-summary", ("module", DRIVER_MODULE): "driver",
-                 ("module", LOG_PARSER_MODULE): "log-parser", ("module", PLOTS_MODULE): "plots"}
+                 ("script", RANDOM_BASE_VLM_SCRIPT): "argparse-script", ("script", BENCH_REAL_SIZE_SCRIPT):
+                 "argparse-script",
+                 ("module", LOG_PARSER_MODULE): "log-parser", ("module", PLOTS_MODULE): "plots",
+                 ("script", "craft_experiments/common_utils/log_parser.py"): "log-parser"}
         if (kind, name) in table:
             return table[(kind, name)]
     raise ValueError(f"no doc-test validator knows this command: {shlex.join(argv)!r} (execute it in a "

@@ -34,6 +34,7 @@ from tests.docs.doc_commands import (
     ShellCommand,
     classify,
     powershell_to_bash,
+    python_target,
     run_shell,
     script_args,
     subprocess_env,
@@ -116,6 +117,43 @@ def parse_eval_args(args: list[str], sandbox: Path):
 
     with chdir(sandbox):
         return draccus.parse(EvalConfig, args=args, exit_on_error=False)
+
+
+def _validate_pip_install(argv: list[str]) -> None:
+    """`[cd DIR &&] pip install (-e PATH | -r FILE | -c FILE)...` from the repository root: every PATH is an
+    installable project (pyproject.toml with [project]) and every FILE a readable requirements file. The
+    documented install path itself runs in a fresh venv in tests/install/check_install.sh."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    cwd = REPO
+    if argv[0] == "cd":
+        cwd = REPO / argv[1]
+        if not cwd.is_dir():
+            raise AssertionError(f"cd {argv[1]}: no such directory in the repository")
+        argv = argv[3:]
+    args = argv[2:]
+    if not args:
+        raise AssertionError("pip install without a target")
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        if flag in ("-e", "--editable") or not flag.startswith("-"):
+            target = cwd / (args[i + 1] if flag.startswith("-") else flag)
+            project = tomllib.loads((target / "pyproject.toml").read_text()).get("project")
+            if not project or not project.get("name"):
+                raise AssertionError(f"pip install {target}: pyproject.toml has no [project] name")
+            i += 2 if flag.startswith("-") else 1
+        elif flag in ("-r", "-c"):
+            path = cwd / args[i + 1]
+            for line in path.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line and not line.startswith("-"):
+                    Requirement(line)  # raises on a malformed requirement
+            i += 2
+        else:
+            raise AssertionError(f"pip install: the docs use only -e / -r / -c, got {flag!r}")
 
 
 def parse_torchrun(argv: list[str]) -> argparse.Namespace:
@@ -225,6 +263,9 @@ def validate_command(command: DocCommand, sandbox: Path) -> Validation:
     if kind == "hf-download":
         _validate_hf_download(argv)
         return Validation("hf download --help")
+    if kind == "pip-install":
+        _validate_pip_install(argv)
+        return Validation("pip install targets (the install itself: tests/install/check_install.sh)")
     if kind == "synthetic":
         parse_argparse_main(load_script(SYNTHETIC_SCRIPT).main, script_args(argv))
         return Validation("argparse")
@@ -242,6 +283,14 @@ def validate_command(command: DocCommand, sandbox: Path) -> Validation:
 
         parse_argparse_main(plots.main, script_args(argv))
         return Validation("argparse")
+    if kind == "argparse-script":  # scripts with main(argv) and argparse (benchmarks, the base-VLM writer)
+        parse_argparse_main(load_script(python_target(argv)[1]).main, script_args(argv))
+        return Validation("argparse")
+    if kind == "gpu-check":  # the script prints its commands with --dry, running nothing
+        proc = run_shell(shlex.join([*argv, "--dry", "--out", str(sandbox / "gpu-check-dry")]), sandbox, timeout=60)
+        if proc.returncode != 0:
+            raise AssertionError(f"{shlex.join(argv)} --dry failed: {proc.stderr[-1000:]}")
+        return Validation("gpu_check.sh --dry")
     if kind == "model-summary":
         import draccus
 

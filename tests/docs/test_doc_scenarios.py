@@ -26,6 +26,7 @@ SCENARIO_TESTS = {
     "datasets": "test_datasets_scenario",
     "multi-process-cpu": "test_multi_process_cpu_scenario",
     "tools": "test_tools_scenario",
+    "seed-commands": "test_seed_commands_scenario",
 }
 
 
@@ -129,3 +130,30 @@ def test_tools_scenario(tmp_path):
         documented = rows[preset][1]  # e.g. "1.47 B" / "19.6 M"
         value, unit = documented.split()
         assert f"{total / {'B': 1e9, 'M': 1e6}[unit]:.{len(value.split('.')[1])}f}" == value, (preset, total, documented)
+
+
+@pytest.mark.slow
+def test_seed_commands_scenario(tmp_path):
+    """The seed's commands as the docs show them (the issue's, verbatim): OpenVLA-7B is refused in one line that
+    prints the right command (the one the README shows next), a missing checkpoint directory is named. Their
+    end-to-end runs (dry run of the printed command, the checkpoint-directory resume at tiny size) are in
+    tests/training/test_upstream_flags.py."""
+    from tests.training.test_upstream_flags import SEED_BASELINE, SEED_CRAFT, SEED_RESUME
+
+    commands = list(dict.fromkeys(c.text for c in scenario_commands("seed-commands")))  # README and docs
+    assert commands == [SEED_BASELINE, SEED_CRAFT, SEED_RESUME]
+    sandbox = make_sandbox(tmp_path / "seed")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for text in commands:
+        proc = run_shell(text, sandbox, timeout=COMMAND_TIMEOUT)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and "unrecognized" not in proc.stderr, proc.stderr[-3000:]
+        if "openvla/openvla-7b" in text:
+            assert "is an OpenVLA-7B (Llama-2 7B) checkpoint, not a VLA-Adapter base" in lines[0]
+            assert lines[1] == "run instead:"
+            if text == SEED_BASELINE:
+                assert f"```bash\n{lines[2].strip()}\n```" in readme  # the README shows what it prints
+        else:
+            assert lines == ["error: --config_file_path runs/your-experiment-name--10000_chkpt does not exist: with "
+                             "--resume True it names the checkpoint directory of the run to continue "
+                             "(<run_root_dir>/<run id>--<step>_chkpt)"]

@@ -80,7 +80,7 @@ def test_driver_flag_table_matches_the_driver_cli():
     from craft_experiments.common_utils.experiments import build_parser
 
     parser = build_parser()
-    control = {"-h", "--dry-run", "--smoke", "--stage", "--quiet"}
+    control = {"-h", "--dry-run", "--smoke", "--stage", "--quiet", "--wait", "--collect_only"}
     settings = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings
                 and a.option_strings[0] not in control}
     documented = {f"--{name}": row for name, _, row in _flag_table(EXPERIMENTS, "drivers")}

@@ -74,9 +74,11 @@ def test_anchor_cache_requires_no_augmentation():
 
 
 def test_run_id_is_upstream_style_and_distinguishes_runs():
-    a = make_run_id(FinetuneConfig(model_preset="tiny", dataset_name="d", batch_size=4, grad_accumulation_steps=2))
-    assert a.startswith("tiny+d+b8+lr-0.0005+lora-r32+dropout-0.0--image_aug")
-    b = make_run_id(FinetuneConfig(model_preset="tiny", dataset_name="d", batch_size=4, grad_accumulation_steps=2,
+    a = make_run_id(FinetuneConfig(model_preset="tiny", dataset_name="libero_synthetic", batch_size=4,
+                                   grad_accumulation_steps=2))
+    assert a.startswith("tiny+libero_synthetic+b8+lr-0.0005+lora-r32+dropout-0.0--image_aug")
+    b = make_run_id(FinetuneConfig(model_preset="tiny", dataset_name="libero_synthetic", batch_size=4,
+                                   grad_accumulation_steps=2,
                                    use_craft=True))
     assert b != a and "--craft" in b
     assert make_run_id(FinetuneConfig(model_preset="tiny", run_id_override="x")) == "x"

@@ -22,6 +22,11 @@ from prismatic.eval.runner import run_evaluation
 @draccus.wrap()
 def main(cfg: EvalConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if cfg.dry_run:  # check everything, print the plan, start no simulator
+        from prismatic.eval.dry_run import plan_evaluation
+
+        print("\n".join(plan_evaluation(cfg).lines()))
+        return
     outcome = run_evaluation(cfg)
     s = outcome.summary
     print(f"{s['task_suite_name']}: {s['total_successes']}/{s['total_episodes']} successes "

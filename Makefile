@@ -4,6 +4,8 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= disabled
+# pytest-xdist workers for `make test` (2 = the cores of CI machines; each test keeps torch at one thread)
+TEST_WORKERS ?= 2
 
 .PHONY: setup setup-libero demo demo-libero test test-fast lint bench
 
@@ -22,10 +24,10 @@ demo-libero: setup-libero
 	$(PY) vla-scripts/demo_libero.py
 
 test: setup-libero
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not sim and not slow"
+	$(PY) -m pytest -q tests -m "not sim and not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(PY) -m ruff check prismatic vla-scripts experiments craft_experiments benchmarks tests

@@ -39,3 +39,11 @@ def synthetic_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("rlds")
     ensure_synthetic_dataset(root, name="libero_synthetic")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (`make test` runs 2 workers, --dist loadgroup) every test that submits to the one-node
+    # SLURM cluster runs on the same worker, one after another: their assertions read the shared queue.
+    for item in items:
+        if item.get_closest_marker("slurm") or "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 import prismatic  # noqa: F401
 from prismatic.models.config import PRESETS, get_preset
+from prismatic.models.native_vlm import DEFAULT_CHECKPOINT_NAME, write_native_base_vlm
 from prismatic.models.processing import build_tiny_tokenizer
 from prismatic.models.vla import VLAAdapter
 
-CHECKPOINT_NAME = "step-000000-epoch-00-loss=0.0000.pt"
+CHECKPOINT_NAME = DEFAULT_CHECKPOINT_NAME
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 README = """RANDOM-WEIGHT STAND-IN for the Prismatic base VLM (preset {preset}, seed {seed}, {dtype}).
 Written by vla-scripts/make_random_base_vlm.py. Not a trained model: use it for sizes, speed, memory and
@@ -45,29 +45,6 @@ plumbing checks only. The tokenizer is the project's small byte-level stand-in, 
 """
 
 logger = logging.getLogger("make_random_base_vlm")
-
-
-def _timm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our vision key names back to timm's (LayerScale `scale_factor` -> `gamma`), as the native file has them."""
-    return {k.removesuffix(".scale_factor") + ".gamma" if k.endswith(".scale_factor") else k: v
-            for k, v in state.items()}
-
-
-def native_state(model: VLAAdapter, dtype: torch.dtype) -> dict:
-    """The native Prismatic checkpoint dict of `model`'s VLM (projector, LLM with lm_head, both towers)."""
-    def cast(state):
-        return {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                for k, v in state.items()}
-
-    projector = {}
-    for idx, name in ((0, "fc1"), (2, "fc2"), (4, "fc3")):
-        layer = getattr(model.projector, name)
-        projector[f"projector.{idx}.weight"], projector[f"projector.{idx}.bias"] = layer.weight, layer.bias
-    llm = {f"llm.{k}": v for k, v in model.language_model.state_dict().items()}  # lm_head included (tied)
-    vb = model.vision_backbone
-    vision = {**{f"dino_featurizer.{k}": v for k, v in _timm_names(vb.featurizer.state_dict()).items()},
-              **{f"siglip_featurizer.{k}": v for k, v in _timm_names(vb.fused_featurizer.state_dict()).items()}}
-    return {"model": {"projector": cast(projector), "llm_backbone": cast(llm), "vision_backbone": cast(vision)}}
 
 
 def write_random_base_vlm(out_dir: str | Path, preset: str, seed: int = 0, dtype: str = "bfloat16",
@@ -81,18 +58,10 @@ def write_random_base_vlm(out_dir: str | Path, preset: str, seed: int = 0, dtype
     config = get_preset(preset)
     torch.manual_seed(seed)
     model = VLAAdapter(config, attn_implementation="sdpa")
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "checkpoints").mkdir(parents=True)
-    state = native_state(model, DTYPES[dtype])
-    del model
-    torch.save(state, tmp / "checkpoints" / CHECKPOINT_NAME)
-    del state
-    build_tiny_tokenizer(tmp, vocab_size=config.llm.vocab_size)
-    (tmp / "README.txt").write_text(README.format(preset=preset, seed=seed, dtype=dtype))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer = build_tiny_tokenizer(tok_dir, vocab_size=config.llm.vocab_size)
+    write_native_base_vlm(out_dir, model, tokenizer, dtype=DTYPES[dtype], checkpoint_name=CHECKPOINT_NAME,
+                          extra_files={"README.txt": README.format(preset=preset, seed=seed, dtype=dtype)})
     logger.info("wrote a random %s base VLM (%s) to %s", preset, dtype, out_dir)
     return out_dir
 

@@ -4,6 +4,9 @@
     <output_dir>/plots/<table>/success_rates.png       bars per suite (+ Avg.), one per row, std error bars
     <output_dir>/plots/<table>/curves/<run>.png        training curves of each run (W&B or metrics.jsonl)
     <output_dir>/plots/<table>/action_loss--<suite>--seed<k>.png   the rows' action losses on shared axes
+    <output_dir>/tables/<table>.probe.md | .csv       per run: success rate beside the last logged retention-probe
+                                                       values (finetune.py --probe_freq; only the Probe/ metrics
+                                                       some run logged; no file when none did)
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from craft_experiments.common_utils.run_state import RESULT, read_json
 from craft_experiments.common_utils.tables import ResultRecord, ResultTable, build_table, render_table
 
 FINETUNE_CONFIG_FILE = "finetune_config.json"  # prismatic.constants.FINETUNE_CONFIG_FILE (not imported: torch)
+# The retention probe's W&B keys (prismatic.training.metrics.WANDB_KEYS; not imported: torch), in column order.
+PROBE_METRICS = ("Probe/VQA Accuracy", "Probe/Caption NLL", "Probe/Linear Probe Accuracy", "Probe/CKA to θ0")
 
 
 @dataclass
@@ -66,9 +71,72 @@ def collect_table(table: TableSpec, rows: tuple[Row, ...], runs: list[PlannedRun
     for fmt in ("md", "tex", "csv"):
         text = render_table(result.table, fmt, title=table.title)
         result.files.append(_write_atomic(output_dir / "tables" / f"{table.name}.{fmt}", text))
+    _probe_table(table, runs, records, output_dir, result)
     if plots:
         _plot(table, rows, runs, output_dir / "plots" / table.name, result)
     return result
+
+
+def probe_values(runs: list[PlannedRun]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """{run name: {Probe/ metric: last logged value}} of the runs that logged any, and a problem per unreadable
+    history."""
+    from craft_experiments.common_utils.wandb_logs import load_run_history
+
+    values, problems = {}, []
+    for run in runs:
+        if not run.train_root.is_dir():
+            continue
+        try:
+            history = load_run_history(run.train_root)
+        except (OSError, ValueError) as e:
+            problems.append(f"{run.name}: cannot read its training history for the probe table: {e}")
+            continue
+        if history is None:
+            continue
+        last = {key: history.last(key) for key in PROBE_METRICS if history.last(key) is not None}
+        if last:
+            values[run.name] = last
+    return values, problems
+
+
+def render_probe_table(runs: list[PlannedRun], records: list[ResultRecord], values: dict[str, dict[str, float]],
+                       fmt: str) -> str:
+    """One row per run that logged the probe: method, suite, seed, success rate (%), the last Probe/ values;
+    columns only for the metrics some run logged."""
+    import csv
+    import io
+
+    metrics = [m for m in PROBE_METRICS if any(m in v for v in values.values())]
+    success = {(r.method, r.suite, r.seed): r.success_rate for r in records}
+    rows = []
+    for run in runs:
+        if run.name not in values:
+            continue
+        rate = success.get((run.row.label, run.suite, run.seed))
+        rows.append([run.row.label, run.suite, str(run.seed), "" if rate is None else f"{100 * rate:.1f}",
+                     *("" if values[run.name].get(m) is None else f"{values[run.name][m]:.4f}" for m in metrics)])
+    header = ["method", "suite", "seed", "success rate (%)", *metrics]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return out.getvalue()
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(c or "n/a" for c in row) + " |" for row in rows]
+    return "\n".join(lines + ["", "Retention probe: the last value each run logged (docs/RETENTION_PROBE.md); "
+                                  "success rate of that run's evaluation."]) + "\n"
+
+
+def _probe_table(table: TableSpec, runs: list[PlannedRun], records: list[ResultRecord], output_dir: Path,
+                 result: Collected) -> None:
+    values, problems = probe_values(runs)
+    result.problems.extend(problems)
+    if not values:
+        return
+    for fmt in ("md", "csv"):
+        text = render_probe_table(runs, records, values, fmt)
+        result.files.append(_write_atomic(output_dir / "tables" / f"{table.name}.probe.{fmt}", text))
 
 
 def _plot(table: TableSpec, rows: tuple[Row, ...], runs: list[PlannedRun], plot_dir: Path, result: Collected) -> None:

@@ -190,6 +190,11 @@ SETTINGS = (
     Setting("slurm_time", "CRAFT_SLURM_TIME", "", _slurm_time, "slurm: #SBATCH --time of every job (HH:MM:SS or "
             "D-HH:MM:SS; default: the partition's). A training job killed by it resumes from its last checkpoint "
             "when the driver resubmits it", smoke="00:20:00"),
+    Setting("slurm_signal_lead", "CRAFT_SLURM_SIGNAL_LEAD", "300", _non_negative_int,
+            "slurm: seconds before a training job's time limit at which SLURM sends it SIGTERM (#SBATCH "
+            "--signal=B:TERM@S); the trainer (--save_on_sigterm True) finishes its step, saves a checkpoint and "
+            "exits, so the resubmitted job loses no steps; 0 = no early signal (work since the last --save_freq "
+            "checkpoint is lost at the limit)"),
     Setting("slurm_gpus_per_run", "CRAFT_SLURM_GPUS_PER_RUN", "", _optional_non_negative_int,
             "slurm: GPUs per node of a training job (#SBATCH --gres=gpu:N, torchrun --nproc_per_node N; evaluation "
             "jobs get one); 0 = a CPU job with one process (default: --gpus_per_run)", smoke="0"),
@@ -268,6 +273,7 @@ class DriverSettings:
     slurm_partition: str | None = None
     slurm_account: str | None = None
     slurm_time: str | None = None
+    slurm_signal_lead: int = 300  # seconds before the time limit: SIGTERM to the training job (0 = none)
     slurm_gpus_per_run: int | None = None  # resolved to --gpus_per_run when not given
     slurm_nodes_per_run: int = 1
     slurm_max_parallel: int = 0

@@ -247,6 +247,10 @@ def _child_env(settings: DriverSettings) -> tuple[tuple[str, str], ...]:
 def build_finetune_command(run: PlannedRun, settings: DriverSettings, resume: bool) -> Command:
     argv = _launcher_argv(settings, settings.finetune_script) + _flags_to_argv(finetune_flags(run, settings))
     argv += _extra_finetune_args(run, settings)
+    if settings.launcher == "slurm" and settings.slurm_signal_lead > 0:
+        # SLURM sends SIGTERM --slurm_signal_lead seconds before the time limit (slurm.sbatch_options): finish the
+        # step and save it, so that the resubmitted job resumes exactly there. Not part of the fingerprint.
+        argv += ["--save_on_sigterm", "True"]
     if resume:
         argv += ["--resume", "True"]
     return Command(tuple(argv), _child_env(settings), run.logs_dir / "train.log")

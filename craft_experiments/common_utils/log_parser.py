@@ -365,11 +365,24 @@ def collect_records(root: str | Path) -> tuple[list[ResultRecord], list[tuple[Pa
     return records, problems
 
 
-def _wandb_table(sources: list[str], metrics: list[str], fmt: str) -> str:
+DEFAULT_METRICS = "VLA Train/Loss,CRaFT/Retention Loss,CRaFT/Lambda,CRaFT/Conflict Ratio,CRaFT/Gradient Cosine"
+# The retention probe's keys (finetune.py --probe_freq): added to the default --metrics for the runs that logged them.
+PROBE_METRICS = ("Probe/VQA Accuracy", "Probe/Caption NLL", "Probe/Linear Probe Accuracy", "Probe/CKA to θ0")
+
+
+def metric_columns(metrics: str | None, histories: dict) -> list[str]:
+    """--metrics as given, or the default list plus each Probe/ metric that some of `histories` logged."""
+    if metrics is not None:
+        return [m.strip() for m in metrics.split(",") if m.strip()]
+    probe = [m for m in PROBE_METRICS if any(h.last(m) is not None for h in histories.values())]
+    return DEFAULT_METRICS.split(",") + probe
+
+
+def _wandb_table(sources: list[str], metrics: str | None, fmt: str) -> str:
     from craft_experiments.common_utils.wandb_logs import load_history_source, render_last_values
 
     histories = {src: load_history_source(src) for src in sources}
-    return render_last_values(histories, metrics, fmt)
+    return render_last_values(histories, metric_columns(metrics, histories), fmt)
 
 
 class WandbUnavailable(RuntimeError):
@@ -425,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="append", default=[], metavar="SRC",
                         help="a W&B run: an offline/online run directory, a .wandb file, a directory holding them "
                              "(searched recursively), or ENTITY/PROJECT/RUN_ID (public API; needs a login). Repeatable.")
-    parser.add_argument("--metrics", default="VLA Train/Loss,CRaFT/Retention Loss,CRaFT/Lambda,CRaFT/Conflict Ratio,"
-                        "CRaFT/Gradient Cosine", help="comma-separated metric keys for --wandb (default: %(default)s)")
+    parser.add_argument("--metrics", help=f"comma-separated metric keys for --wandb (default: {DEFAULT_METRICS}, plus "
+                        "the Probe/ metrics of the retention probe when a run logged them)")
     parser.add_argument("--format", choices=("md", "tex", "csv"), default="md", help="output format (default: md)")
     parser.add_argument("--output", type=Path, help="write here instead of stdout")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any evaluation output cannot be used")
@@ -462,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         parts.append(render_table(build_table(records), args.format))
     if args.wandb:
-        parts.append(_wandb_table(args.wandb, [m.strip() for m in args.metrics.split(",") if m.strip()], args.format))
+        parts.append(_wandb_table(args.wandb, args.metrics, args.format))
     text = "\n".join(parts)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -474,7 +487,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_to_directory(args: argparse.Namespace) -> int:
     """--output_dir: every requested table in md + csv (+ tex), one line per file written."""
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     written, status = [], 0
     if args.logs is not None:
         records, problems = collect_records(args.logs)
@@ -492,6 +504,7 @@ def _main_to_directory(args: argparse.Namespace) -> int:
         from craft_experiments.common_utils.wandb_logs import load_history_source, render_last_values
 
         histories = {src: load_history_source(src) for src in args.wandb}
+        metrics = metric_columns(args.metrics, histories)
         written += _write_tables(args.output_dir, "wandb_runs", lambda fmt: render_last_values(histories, metrics, fmt),
                                  args.generate_latex_table)
     if args.wandb_project:
@@ -503,7 +516,8 @@ def _main_to_directory(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         stem = "wandb_" + re.sub(r"[^\w.-]+", "_", args.wandb_project)
-        written += _write_tables(args.output_dir, stem, lambda fmt: render_last_values(histories, metrics, fmt),
+        project_metrics = metric_columns(args.metrics, histories)
+        written += _write_tables(args.output_dir, stem, lambda fmt: render_last_values(histories, project_metrics, fmt),
                                  args.generate_latex_table)
     for path in written:
         print(f"wrote {path}")

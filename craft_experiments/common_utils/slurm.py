@@ -218,6 +218,10 @@ def sbatch_options(run: PlannedRun, settings: DriverSettings, stage: str, key: s
     for name in ("partition", "account", "time"):
         if (value := getattr(settings, f"slurm_{name}")) is not None:
             options.append(f"--{name}={value}")
+    if stage == "train" and settings.slurm_signal_lead > 0:
+        # B: the batch shell only, i.e. this job's runner (`slurm job`), which forwards it to the trainer's process
+        # group (torchrun and its ranks, or srun on several nodes); the trainer saves and exits (--save_on_sigterm)
+        options.append(f"--signal=B:TERM@{settings.slurm_signal_lead}")
     return options + list(settings.slurm_extra)
 
 
@@ -528,7 +532,11 @@ def run_job(spec_path: Path, out: TextIO = sys.stdout) -> int:
     job = os.environ.get("SLURM_JOB_ID", "?")
     print(f"{now()} job {job}: {run.name}: {job_key(spec['stage'], shard, settings.eval_shards)}", file=out, flush=True)
     try:
-        outcome = ex.execute_run(run, settings, ex.SubprocessRunner(echo=False),
+        # After forwarding SIGTERM, give the trainer until the time limit to finish its step and save (SLURM
+        # itself kills what is left at the limit); the default grace otherwise.
+        grace = max(ex.KILL_GRACE_SECONDS, float(settings.slurm_signal_lead)) if spec["stage"] == "train" \
+            else ex.KILL_GRACE_SECONDS
+        outcome = ex.execute_run(run, settings, ex.SubprocessRunner(echo=False, kill_grace=grace),
                                  shards=None if shard is None else (shard,), lock_name=lock)
     except ex.Interrupted as e:
         print(f"{now()} job {job}: stopped by {e} (scancel, time limit or preemption); the driver resubmits it and "

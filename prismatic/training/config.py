@@ -30,7 +30,7 @@ class FinetuneConfig:
     # fmt: off
     # ---- model ----
     model_preset: str = "vla-adapter-pro"        # vla-adapter | vla-adapter-pro | mid | tiny (tiny/mid: random init)
-    vlm_path: str | None = None                  # Prismatic base VLM (real presets): a dir, e.g. pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b, or a hub id, e.g. Stanford-ILIAD/prism-qwen25-extra-dinosiglip-224px-0_5b
+    vlm_path: str | None = None                  # Prismatic base VLM (real presets; tiny / mid: optional, e.g. the pretrained tiny VLM of vla-scripts/pretrain_tiny_vlm.py, else random init): a dir, e.g. pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b, or a hub id, e.g. Stanford-ILIAD/prism-qwen25-extra-dinosiglip-224px-0_5b
     config_file_path: str | None = None          # tokenizer files (upstream's pretrained_models/configs): a dir or a hub id (e.g. VLA-Adapter/LIBERO-Spatial-Pro); default: vlm_path
     hub_revision: str | None = None              # branch / tag / commit for hub ids in --vlm_path / --config_file_path (an id's own @rev suffix wins); None = main
     use_pro_version: bool | None = None          # head variant; None = the preset's (vla-adapter: False, vla-adapter-pro: True, tiny/mid: True)
@@ -110,6 +110,11 @@ class FinetuneConfig:
     val_time_limit: int = 180                    # seconds one validation pass may take; it stops after the batch that crosses the limit
     val_fraction: float | None = None            # fraction of each task's episodes held out for validation (and kept out of training); None = 0.05 with --use_val_set True (upstream's 95/5 train/val split), else 0
 
+    # ---- retention probe (prismatic/eval/retention_probe.py; docs/RETENTION_PROBE.md) ----
+    probe_freq: int = 0                          # every this many optimizer steps (and at the last step), log the retention probe (Probe/...) on --probe_data's held-out split; 0 = off. Changes nothing in training
+    probe_data: str | None = None                # a VQA / caption dataset directory (prismatic.vla.datasets.vqa layout: meta.json, train/, heldout/); required when --probe_freq > 0
+    probe_batch_size: int = 16                   # samples per probe forward pass (memory only: the probe numbers do not depend on it beyond float rounding)
+
     # ---- upstream VLA-Adapter flags (docs/EXPERIMENTS_AND_TRAINING.md, "Upstream flags") ----
     use_minivlm: bool = True                     # upstream: True = the Prismatic Qwen2.5-0.5B VLM, the only model here (False = OpenVLA-7B: not supported)
     use_l1_regression: bool = True               # upstream: True = L1-regression action head, the only head here (False = discrete action tokens: not supported)
@@ -179,6 +184,7 @@ class FinetuneConfig:
             if unknown or not self.resume_overrides():
                 raise ValueError(f"--resume_override_flags must be a comma-separated list of flag names (without "
                                  f"'--'), got {self.resume_override_flags!r}" + (f"; unknown: {unknown}" if unknown else ""))
+        self._check_probe_flags()
         if self.num_images_in_input != 2:
             # The data pipeline and the released heads are built for third-person + wrist.
             raise ValueError(f"--num_images_in_input must be 2 (third-person + wrist), got {self.num_images_in_input}")
@@ -234,6 +240,24 @@ class FinetuneConfig:
         for name in ("val_freq", "val_time_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+    def _check_probe_flags(self) -> None:
+        if self.probe_freq < 0:
+            raise ValueError(f"--probe_freq must be >= 0 (0 = no retention probe), got {self.probe_freq}")
+        if self.probe_batch_size < 1:
+            raise ValueError(f"--probe_batch_size must be >= 1, got {self.probe_batch_size}")
+        if self.probe_freq == 0:
+            return
+        if not self.probe_data:
+            raise ValueError(f"--probe_freq {self.probe_freq} needs --probe_data: a VQA / caption dataset directory "
+                             "(docs/RETENTION_PROBE.md; e.g. written by prismatic.vla.datasets.vqa.ensure_vqa_dataset)")
+        from pathlib import Path
+
+        from prismatic.vla.datasets.vqa import META_FILE
+
+        if not (Path(self.probe_data) / META_FILE).is_file():
+            raise ValueError(f"--probe_data {self.probe_data}: not a VQA / caption dataset directory (no "
+                             f"{META_FILE} there; docs/RETENTION_PROBE.md describes the layout)")
 
     def resumes_checkpoint_dir(self) -> bool:
         """--resume True naming a checkpoint directory (--resum_vla_path, or --config_file_path as upstream):

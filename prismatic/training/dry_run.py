@@ -27,8 +27,6 @@ from prismatic.training.distributed import DistInfo, cleanup_distributed, init_d
 
 log = logging.getLogger(__name__)
 
-REAL_PRESETS = ("vla-adapter", "vla-adapter-pro")
-
 
 def plan_run(cfg: FinetuneConfig) -> Plan:
     info = init_distributed(cfg.device)  # world size + the process group the hub resolution's barrier needs
@@ -87,7 +85,7 @@ def _plan(cfg: FinetuneConfig, info: DistInfo) -> Plan:
     rows = [("preset", cfg.model_preset),
             ("head", "Pro" if vla_config.action_head.use_pro_version else "original"),
             ("tokenizer", f"{sources.tokenizer_dir or 'generated (random-init preset)'} ({len(tokenizer)} tokens)")]
-    if cfg.model_preset in REAL_PRESETS:
+    if sources.vlm_dir is not None:  # real presets always; tiny / mid with --vlm_path (a pretrained tiny VLM)
         rows += _base_vlm_rows(cfg, sources.vlm_dir, vla_config)
     else:
         rows.append(("base weights", "random init (seeded)"))

@@ -37,6 +37,11 @@ WANDB_KEYS = {
     "val_next_actions_l1": "VLA Val/Next Actions L1 Loss",
     "val_retention_loss": "VLA Val/Retention Loss",
     "val_batches_count": "VLA Val/Val Batches Count",
+    # retention probe (--probe_freq; prismatic/eval/retention_probe.py, PROBE_WANDB_KEYS)
+    "probe_vqa_accuracy": "Probe/VQA Accuracy",
+    "probe_caption_nll": "Probe/Caption NLL",
+    "probe_linear_accuracy": "Probe/Linear Probe Accuracy",
+    "probe_cka": "Probe/CKA to θ0",
 }
 
 
@@ -59,6 +64,15 @@ def val_line(m: dict[str, float]) -> str:
     if "val_retention_loss" in m:
         parts.append(f"Retention: {m['val_retention_loss']:.4f}")
     parts.append(f"Batches: {m['val_batches_count']:.0f}")
+    return " | ".join(parts)
+
+
+def probe_line(m: dict[str, float]) -> str:
+    """`VQA: 0.8123 | Caption NLL: 0.4567 | Linear probe: 0.9012 [| CKA θ0: 0.9876]`."""
+    parts = [f"VQA: {m['probe_vqa_accuracy']:.4f}", f"Caption NLL: {m['probe_caption_nll']:.4f}",
+             f"Linear probe: {m['probe_linear_accuracy']:.4f}"]
+    if "probe_cka" in m:
+        parts.append(f"CKA θ0: {m['probe_cka']:.4f}")
     return " | ".join(parts)
 
 

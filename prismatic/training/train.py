@@ -41,7 +41,7 @@ from prismatic.training.lora import (
     merged_vlm_state_dict,
     trainable_named_parameters,
 )
-from prismatic.training.metrics import MetricsLogger, check_metrics_file, progress_line, val_line
+from prismatic.training.metrics import MetricsLogger, check_metrics_file, probe_line, progress_line, val_line
 from prismatic.training.randomness import head_noise
 from prismatic.training.schedule import make_scheduler
 from prismatic.training.step import StepContext, to_device, train_step
@@ -170,8 +170,8 @@ def resolve_sources(cfg: FinetuneConfig, info: DistInfo | None = None) -> ModelS
     first, then a barrier). Offline and not cached raises `hub.HubModelNotFound` naming the flag and repo."""
     from prismatic.models.hub import resolve_model_dir
 
-    if cfg.model_preset not in ("vla-adapter", "vla-adapter-pro"):
-        return ModelSources(None, None)  # random init + generated tokenizer: the paths are not used
+    if cfg.model_preset not in ("vla-adapter", "vla-adapter-pro") and not cfg.vlm_path:
+        return ModelSources(None, None)  # tiny / mid without a base VLM: random init + generated tokenizer
     vlm_dir = resolve_model_dir(cfg.vlm_path, revision=cfg.hub_revision, flag="--vlm_path", kind="base_vlm",
                                 dist_info=info)
     tokenizer_dir = vlm_dir
@@ -184,7 +184,7 @@ def resolve_sources(cfg: FinetuneConfig, info: DistInfo | None = None) -> ModelS
 def build_tokenizer(cfg: FinetuneConfig, vla_config: VLAConfig, sources: ModelSources):
     from prismatic.models.processing import build_tiny_tokenizer, load_tokenizer
 
-    if cfg.model_preset in ("tiny", "mid"):
+    if sources.tokenizer_dir is None:
         # Random-initialised presets come with a generated tokenizer (deterministic; nothing downloaded).
         with tempfile.TemporaryDirectory() as d:
             return build_tiny_tokenizer(d, vocab_size=vla_config.llm.vocab_size)
@@ -193,12 +193,13 @@ def build_tokenizer(cfg: FinetuneConfig, vla_config: VLAConfig, sources: ModelSo
 
 def build_model(cfg: FinetuneConfig, vla_config: VLAConfig, device: torch.device,
                 sources: ModelSources) -> torch.nn.Module:
-    """The VLAAdapter with base weights (random for tiny/mid, the Prismatic VLM otherwise) and LoRA."""
+    """The VLAAdapter with base weights (the Prismatic VLM of --vlm_path; random for tiny / mid without one,
+    e.g. with one: the pretrained tiny VLM of vla-scripts/pretrain_tiny_vlm.py) and LoRA."""
     from prismatic.models.loading import load_base_vlm
     from prismatic.models.vla import VLAAdapter
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and across resumes
-    if cfg.model_preset in ("vla-adapter", "vla-adapter-pro"):
+    if sources.vlm_dir is not None:
         model = load_base_vlm(sources.vlm_dir, vla_config)  # queries, head, proprio projector: seeded random init
     else:
         model = VLAAdapter(vla_config)
@@ -426,6 +427,8 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
 
         craft = CraftRuntime.from_initial_model(model, cfg.craft_config(), vla_config, params,
                                                 monitor_only=not cfg.use_craft)
+    # ---- retention probe: its CKA reference is θ0 too, read before any resume restore ----
+    probe = _build_probe(cfg, vla_config, tokenizer, info, model, autocast_dtype)
     if loaded is not None:
         _restore_weights(model, loaded, cfg)
 
@@ -495,12 +498,16 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
             val_metrics = {}
             if validator is not None and validation_due(done, cfg.val_freq):
                 val_metrics = validator.run()  # every rank (one all-reduce); logged in this step's row
+            probe_metrics = _run_probe(probe, cfg, info, model, done)  # rank 0; the others wait at a barrier
             if info.is_main:
-                if done % cfg.wandb_log_freq == 0 or done == cfg.max_steps or done == 1 or val_metrics:
-                    logger.log(done, {**metrics, **val_metrics})
+                if (done % cfg.wandb_log_freq == 0 or done == cfg.max_steps or done == 1 or val_metrics
+                        or probe_metrics):
+                    logger.log(done, {**metrics, **val_metrics, **probe_metrics})
                     log.info("step %d/%d: %s | %s", done, cfg.max_steps, progress_line(metrics), pace.line(done))
                     if val_metrics:
                         log.info("step %d validation: %s", done, val_line(val_metrics))
+                    if probe_metrics:
+                        log.info("step %d retention probe: %s", done, probe_line(probe_metrics))
                 if progress is not None:
                     progress.set_postfix_str(progress_line(metrics), refresh=False)
                     progress.update(1)
@@ -525,6 +532,43 @@ def _train(cfg: FinetuneConfig, info: DistInfo) -> TrainResult:
         logger.close()
     return TrainResult(run_id=run_id, final_step=cfg.max_steps, final_metrics=metrics, last_checkpoint=last_ckpt,
                        run_dir=run_dir)
+
+
+def probe_due(step: int, probe_freq: int, max_steps: int) -> bool:
+    """--probe_freq N: at every positive multiple of N optimizer steps, and at the last step."""
+    return probe_freq > 0 and step > 0 and (step % probe_freq == 0 or step == max_steps)
+
+
+def _build_probe(cfg: FinetuneConfig, vla_config: VLAConfig, tokenizer, info: DistInfo, model: torch.nn.Module,
+                 autocast_dtype: torch.dtype | None):
+    """--probe_freq > 0: the retention probe (rank 0 only), its CKA reference captured from `model` at θ0."""
+    if cfg.probe_freq == 0:
+        return None
+    probe = None
+    if info.is_main:
+        from prismatic.eval.retention_probe import RetentionProbe
+
+        t0 = time.monotonic()
+        probe = RetentionProbe(cfg.probe_data, tokenizer, vla_config,
+                               layer_idx=cfg.craft_config().resolve_anchor_layer(vla_config.llm.num_hidden_layers),
+                               pooling=cfg.craft_pooling, batch_size=cfg.probe_batch_size, device=info.device,
+                               autocast_dtype=autocast_dtype)
+        probe.capture_reference(model)
+        log.info("retention probe on %s: %d held-out questions, %d train / %d held-out scenes; θ0 reference "
+                 "features in %.1fs", cfg.probe_data, len(probe.data.heldout_questions), len(probe.data.train_images),
+                 len(probe.data.heldout_images), time.monotonic() - t0)
+    barrier(info)
+    return probe
+
+
+def _run_probe(probe, cfg: FinetuneConfig, info: DistInfo, model: torch.nn.Module, done: int) -> dict[str, float]:
+    """The probe's metrics when due (rank 0 runs it on the unwrapped model; every rank meets at the barrier
+    after it, so no rank races ahead into the next step's collectives while rank 0 is busy)."""
+    if not probe_due(done, cfg.probe_freq, cfg.max_steps):
+        return {}
+    metrics = probe.run(model).metrics() if info.is_main else {}
+    barrier(info)
+    return metrics
 
 
 def _close_on_interrupt(progress, logger, e: TrainingInterrupted) -> None:

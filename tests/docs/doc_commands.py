@@ -48,6 +48,9 @@ DEMOS_SCRIPT = "vla-scripts/generate_libero_demos.py"
 MODEL_SUMMARY_SCRIPT = "vla-scripts/model_summary.py"
 RANDOM_BASE_VLM_SCRIPT = "vla-scripts/make_random_base_vlm.py"
 BENCH_REAL_SIZE_SCRIPT = "benchmarks/bench_real_size.py"
+RETENTION_PROBE_SCRIPT = "vla-scripts/retention_probe.py"
+PRETRAIN_VLM_SCRIPT = "vla-scripts/pretrain_tiny_vlm.py"
+RETENTION_BENCH_SCRIPT = "benchmarks/retention_probe.py"
 GPU_CHECK_SCRIPT = "benchmarks/gpu_check.sh"
 DRIVER_MODULE = "craft_experiments.common_utils.experiments"
 LOG_PARSER_MODULE = "craft_experiments.common_utils.log_parser"
@@ -243,9 +246,10 @@ def classify(argv: list[str]) -> str:
             return "torchrun"
         table = {("script", FINETUNE_SCRIPT): "finetune", ("script", EVAL_SCRIPT): "eval",
                  ("script", SYNTHETIC_SCRIPT): "synthetic", ("script", DEMOS_SCRIPT): "demos",
-                 ("script", MODEL_SUMMARY_SCRIPT): "model-summary", ("module", DRIVER_MODULE): "driver",
+                 ("script", MODEL_SUMMARY_SCRIPT): "model-summary", ("script", PRETRAIN_VLM_SCRIPT): "pretrain-vlm", ("module", DRIVER_MODULE): "driver",
                  ("script", RANDOM_BASE_VLM_SCRIPT): "argparse-script", ("script", BENCH_REAL_SIZE_SCRIPT):
-                 "argparse-script",
+                 "argparse-script", ("script", RETENTION_PROBE_SCRIPT): "argparse-script",
+                 ("script", RETENTION_BENCH_SCRIPT): "argparse-script",
                  ("module", LOG_PARSER_MODULE): "log-parser", ("module", PLOTS_MODULE): "plots",
                  ("script", "craft_experiments/common_utils/log_parser.py"): "log-parser"}
         if (kind, name) in table:

@@ -96,18 +96,32 @@ def _placeholder_dirs(sandbox: Path, args: list[str], flags: tuple[str, ...]) ->
 
 def parse_finetune_args(args: list[str], sandbox: Path):
     """FinetuneConfig from fine-tuning flags (draccus; unknown flags, bad values and __post_init__ errors
-    raise). Relative paths resolve in `sandbox`; --vlm_path gets a placeholder directory there."""
+    raise). Relative paths resolve in `sandbox`; --vlm_path and --probe_data get placeholder directories there."""
     import draccus
 
     from prismatic.training.config import FinetuneConfig
 
-    _placeholder_dirs(sandbox, args, ("--vlm_path",))
+    _placeholder_dirs(sandbox, args, ("--vlm_path", "--probe_data"))
+    if "--probe_data" in args:  # the config checks it is a VQA / caption set: its meta.json marks one
+        probe_data = Path(args[args.index("--probe_data") + 1])
+        meta = (probe_data if probe_data.is_absolute() else sandbox / probe_data) / "meta.json"
+        if not meta.exists():
+            meta.write_text("{}")
     config_path = None
     if "--config_path" in args:
         k = args.index("--config_path")
         config_path, args = args[k + 1], args[:k] + args[k + 2:]
     with chdir(sandbox):
         return draccus.parse(FinetuneConfig, config_path=config_path, args=args, exit_on_error=False)
+
+
+def _parse_pretrain_args(args: list[str], sandbox: Path):
+    import draccus
+
+    from prismatic.training.vlm_pretrain import PretrainConfig
+
+    with chdir(sandbox):
+        return draccus.parse(PretrainConfig, args=args, exit_on_error=False)
 
 
 def parse_eval_args(args: list[str], sandbox: Path):
@@ -291,6 +305,9 @@ def validate_command(command: DocCommand, sandbox: Path) -> Validation:
         if proc.returncode != 0:
             raise AssertionError(f"{shlex.join(argv)} --dry failed: {proc.stderr[-1000:]}")
         return Validation("gpu_check.sh --dry")
+    if kind == "pretrain-vlm":  # draccus PretrainConfig (unknown flags, bad values and __post_init__ errors raise)
+        _parse_pretrain_args(script_args(argv), sandbox)
+        return Validation("PretrainConfig")
     if kind == "model-summary":
         import draccus
 
@@ -359,6 +376,13 @@ def check_executed(command: DocCommand, proc: subprocess.CompletedProcess, sandb
         info = sandbox / ns.out / ns.name / "1.0.0" / "dataset_info.json"
         assert info.is_file(), f"{command}: {info} was not written"
         return f"dataset {info.parent}"
+    if kind == "pretrain-vlm":
+        cfg = _parse_pretrain_args(script_args(argv), sandbox)
+        out = sandbox / cfg.out_dir
+        assert (out / "pretrain_metrics.json").is_file() and list((out / "checkpoints").glob("*.pt")), \
+            f"{command}: no base-VLM directory (checkpoints/*.pt, pretrain_metrics.json) in {out}"
+        assert "held-out VQA accuracy" in proc.stdout, f"{command}: no accuracy line:\n{proc.stdout[-2000:]}"
+        return f"base VLM {cfg.out_dir}"
     if kind == "log-parser":
         assert "| Method |" in proc.stdout or "method,suite" in proc.stdout or r"\begin{tabular}" in proc.stdout, \
             f"{command}: no table in the output:\n{proc.stdout[:2000]}"

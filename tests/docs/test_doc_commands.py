@@ -83,6 +83,8 @@ REAL = ("--model_preset vla-adapter-pro --vlm_path pretrained_models/vlm --data_
     "python -m craft_experiments.common_utils.log_parser --logs x --format docx",
     "python vla-scripts/make_synthetic_libero_rlds.py --out data --tasks 2",
     "python vla-scripts/finetune.py --model_preset tiny --device cpu",             # tiny: must be executed
+    "python vla-scripts/pretrain_tiny_vlm.py --max_steps 0",                       # PretrainConfig validation
+    "python vla-scripts/pretrain_tiny_vlm.py --max_stepz 10",                      # unknown flag
     "python vla-scripts/generate_libero_demos.py --task_suite_name libero_goal --demos_per_task 1 --out data",
     "python vla-scripts/generate_libero_demos.py --task_suite_name libero_object --demos_per_task 1",
 ])

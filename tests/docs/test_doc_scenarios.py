@@ -27,6 +27,8 @@ SCENARIO_TESTS = {
     "multi-process-cpu": "test_multi_process_cpu_scenario",
     "tools": "test_tools_scenario",
     "seed-commands": "test_seed_commands_scenario",
+    "pretrain-tiny-vlm": "test_pretrain_tiny_vlm_scenario",
+    "retention-probe": "test_retention_probe_scenario",
 }
 
 
@@ -157,3 +159,35 @@ def test_seed_commands_scenario(tmp_path):
             assert lines == ["error: --config_file_path runs/your-experiment-name--10000_chkpt does not exist: with "
                              "--resume True it names the checkpoint directory of the run to continue "
                              "(<run_root_dir>/<run id>--<step>_chkpt)"]
+
+
+@pytest.mark.slow
+def test_pretrain_tiny_vlm_scenario(tmp_path):
+    """docs/PRETRAIN_TINY_VLM.md's quick check: a short pretraining writes a base-VLM directory, and the tiny
+    fine-tune reads it through --vlm_path (load_base_vlm), not a random initialisation."""
+    sandbox = make_sandbox(tmp_path / "pretrain")
+    done = run_scenario("pretrain-tiny-vlm", sandbox)
+    kinds = [detail for _, _, detail in done]
+    assert any(d.startswith("base VLM") for d in kinds) and any(d.startswith("checkpoint") for d in kinds), kinds
+    finetunes = [(c, p) for c, p, _ in done if "finetune.py" in c.text]
+    assert finetunes
+    for command, proc in finetunes:
+        assert "loading base VLM weights from" in proc.stderr, f"{command} did not load the base VLM:\n" \
+                                                                 f"{proc.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_retention_probe_scenario(tmp_path):
+    """docs/RETENTION_PROBE.md's example: a fine-tune with --probe_freq logs the Probe/ metrics, and the script
+    on its final checkpoint prints the same VQA accuracy as the last logged step."""
+    sandbox = make_sandbox(tmp_path / "probe")
+    done = run_scenario("retention-probe", sandbox)
+    runs = sorted((sandbox / "runs").glob("*/metrics.jsonl"))
+    assert runs, "the fine-tune wrote no metrics.jsonl"
+    rows = [json.loads(line) for line in runs[0].read_text().splitlines()]
+    probed = [r for r in rows if "probe_vqa_accuracy" in r]
+    assert [r["step"] for r in probed] == [2, 4], rows
+    assert {"probe_caption_nll", "probe_linear_accuracy", "probe_cka"} <= set(probed[-1])
+    script = [p for c, p, _ in done if "retention_probe.py" in c.text]
+    assert script and f"VQA accuracy (held-out): {probed[-1]['probe_vqa_accuracy']:.4f}" in script[0].stdout, \
+        script[0].stdout if script else done

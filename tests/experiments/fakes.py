@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -79,6 +81,13 @@ def fake_train(argv: list[str], behaviour: str = "ok") -> int:
     if os.environ.get("FAKE_TRAIN_SLEEP") and "--resume" not in argv:
         root, run_id = Path(flag(argv, "run_root_dir")), flag(argv, "run_id_override")
         (root / f"{run_id}--1_chkpt").mkdir(parents=True, exist_ok=True)
+        if "--save_on_sigterm" in argv and flag(argv, "save_on_sigterm") == "True":
+            # as the real trainer does with --save_on_sigterm True: save the step reached, exit 143
+            def save_and_exit(signum, frame):
+                (root / f"{run_id}--1_chkpt" / "SAVED_ON_SIGTERM").write_text(str(time.time()))
+                sys.exit(128 + signum)
+
+            signal.signal(signal.SIGTERM, save_and_exit)
         time.sleep(float(os.environ["FAKE_TRAIN_SLEEP"]))
     if behaviour == "crash":
         print("Traceback (most recent call last):\nRuntimeError: CUDA out of memory (fake)")

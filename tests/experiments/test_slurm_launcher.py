@@ -148,3 +148,4 @@ def test_cancelled_job_is_resubmitted_and_resumes(tmp_path, fake_scripts):
     assert len(trainer_calls) == 2 and "--resume" not in trainer_calls[0]
     assert trainer_calls[1][-2:] == ["--resume", "True"]  # the resubmitted job continued from the checkpoint
     assert json.loads((run_dir / "TRAINING_DONE.json").read_text())["checkpoint"].endswith(f"{CRAFT}--2_chkpt")
+

@@ -69,12 +69,18 @@ def test_job_scripts(tmp_path):
     assert sbatch == [f"#SBATCH --job-name=craft-train-{run.name}", f"#SBATCH --output={run.run_dir}/slurm/train-%j.out",
                       "#SBATCH --open-mode=append", "#SBATCH --chdir=/work", "#SBATCH --nodes=1",
                       "#SBATCH --ntasks-per-node=1", "#SBATCH --gres=gpu:4", "#SBATCH --partition=gpu",
-                      "#SBATCH --account=lab", "#SBATCH --time=1-00:00:00", "#SBATCH --qos=high"]
+                      "#SBATCH --account=lab", "#SBATCH --time=1-00:00:00",
+                      "#SBATCH --signal=B:TERM@300", "#SBATCH --qos=high"]
+    assert "--save_on_sigterm True" in train  # the trainer saves on that signal
     assert "--standalone --nnodes 1 --nproc_per_node 4" in train
     assert train.splitlines()[-1] == (f"exec {shlex.quote(s.python)} -m craft_experiments.common_utils.slurm job "
                                       f"{run.run_dir}/slurm/train.json")
     evaluation = job_script(run, s, "eval", None, Path("/work"))
     assert "#SBATCH --gres=gpu:1" in evaluation and "run_libero_eval.py" in evaluation
+    assert "--signal" not in evaluation  # an evaluation resumes by run id whenever it is killed
+    no_signal = _slurm_settings("--output_dir", str(tmp_path), "--slurm_signal_lead", "0")
+    text = job_script(plan_runs(TABLES["table1"], no_signal)[0], no_signal, "train", None, Path("/work"))
+    assert "--signal" not in text and "--save_on_sigterm" not in text
 
     multi = _slurm_settings("--output_dir", str(tmp_path), "--slurm_gpus_per_run", "8", "--slurm_nodes_per_run", "2")
     text = job_script(plan_runs(TABLES["table1"], multi)[0], multi, "train", None, Path("/work"))

@@ -66,12 +66,17 @@ def _weights(run_root: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _assert_same_run(reference: Path, other: Path, what: str, atol: float = 1e-5) -> None:
+def _assert_same_run(reference: Path, other: Path, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Same weights to atol + rtol * |w| per element. A different data stream moves every tensor by ~1e-3 after
+    4 steps at lr 1e-3; summation-order rounding (micro-batch 4 vs 2 in one matmul) stays below ~2e-6 except where
+    Adam divides a near-zero gradient by its own tiny RMS: LoRA A of a layer whose B started at 0 (measured: one
+    element of 716 at 1.19e-5, |w| = 0.27). rtol covers that amplification, not a data change."""
     a, b = _weights(reference), _weights(other)
     assert a.keys() == b.keys(), what
     for k in a:
+        excess = ((a[k].float() - b[k].float()).abs() - (atol + rtol * a[k].float().abs())).max().item()
         diff = (a[k].float() - b[k].float()).abs().max().item()
-        assert diff <= atol, f"{what}: {k} differs by {diff:.3e}"
+        assert excess <= 0, f"{what}: {k} differs by {diff:.3e} (beyond {atol:g} + {rtol:g} |w|)"
     rows_a, rows_b = read_metrics(reference / RUN_ID), read_metrics(other / RUN_ID)
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3, 4], what
     for key in ("loss", "retention_loss", "lambda", "lr"):

@@ -213,6 +213,18 @@ def config_from_hf_config(
 
 
 # ---------------------------------------------------------------- save
+def replace_directory(tmp: Path, out_dir: Path) -> None:
+    """Put the complete directory `tmp` at `out_dir`. An existing `out_dir` is renamed aside first and removed
+    only after the new one is in place, so at every moment one complete copy is on disk."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
+
+
 def write_checkpoint_files(
     model: VLAAdapter,
     directory: str | Path,
@@ -271,13 +283,7 @@ def save_released_checkpoint(
     tmp.mkdir()
     try:
         write_checkpoint_files(model, tmp, tokenizer, dataset_statistics, step=step, dtype=dtype)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from prismatic.models.loading import replace_directory
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_NAME = "step-000000-epoch-00-loss=0.0000.pt"
@@ -64,9 +66,7 @@ def write_native_base_vlm(out_dir: str | Path, model, tokenizer, *, dtype: torch
         tokenizer.save_pretrained(str(tmp))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

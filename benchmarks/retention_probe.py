@@ -3,7 +3,7 @@
     python benchmarks/retention_probe.py [--vlm_dir runs/tiny_vlm] [--max_steps 200] [--use_lora False]
 
 1. the pretrained tiny VLM: reused from --vlm_dir, or pretrained there first
-   (`prismatic.training.vlm_pretrain.ensure_pretrained_tiny_vlm`, vla-scripts/pretrain_tiny_vlm.py; about 20
+   (`prismatic.training.vlm_pretrain.ensure_pretrained_tiny_vlm`, vla-scripts/pretrain_tiny_vlm.py; about 10
    minutes on 2 cores the first time);
 2. the generated LIBERO-format dataset (`libero_synthetic`, prismatic/vla/datasets/synthetic.py);
 3. fine-tune the tiny VLA from that VLM twice, same steps, seed and data order: a baseline (L_ret monitored

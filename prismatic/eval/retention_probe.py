@@ -251,6 +251,7 @@ class ProbeResult:
     vqa_accuracy: float  # held-out closed-set VQA accuracy, all question types pooled
     vqa_accuracy_by_type: dict[str, float]
     vqa_chance: float  # expected accuracy of a uniform guess over each question's answer set
+    vqa_seen_question_accuracy: float | None  # the training question forms (about new scenes)
     vqa_heldout_question_accuracy: float | None  # questions naming a held-out (colour, shape) combination
     caption_nll: float  # nats per caption token, averaged per caption, over the held-out scenes' captions
     linear_probe_accuracy: float  # mean over attributes of the held-out accuracy
@@ -271,7 +272,10 @@ class ProbeResult:
         """A readable summary (the script prints it)."""
         by_type = ", ".join(f"{k} {v:.3f}" for k, v in self.vqa_accuracy_by_type.items())
         by_attr = ", ".join(f"{k} {v:.3f}" for k, v in self.linear_probe_by_attribute.items())
-        out = [f"VQA accuracy (held-out): {self.vqa_accuracy:.4f} (chance {self.vqa_chance:.4f}; {by_type})",
+        split = "".join(f"; {name} {value:.4f}" for name, value in (
+            ("seen question forms", self.vqa_seen_question_accuracy),
+            ("held-out combinations", self.vqa_heldout_question_accuracy)) if value is not None)
+        out = [f"VQA accuracy (held-out): {self.vqa_accuracy:.4f} (chance {self.vqa_chance:.4f}{split}; {by_type})",
                f"caption NLL (held-out, nats/token): {self.caption_nll:.4f}",
                f"linear-probe accuracy (held-out): {self.linear_probe_accuracy:.4f} (majority class "
                f"{self.linear_probe_majority:.4f}; {by_attr})"]
@@ -382,7 +386,7 @@ class RetentionProbe:
             cka = linear_cka(torch.cat([self.reference["raw"], self.reference["aq"]], dim=1),
                              torch.cat([heldout["raw"], heldout["aq"]], dim=1))
         result = ProbeResult(lang["vqa_accuracy"], lang["vqa_accuracy_by_type"], lang["chance_accuracy"],
-                             lang["heldout_question_accuracy"], lang["caption_nll"], lin, lin_by_attr, majority,
+                             lang["seen_question_accuracy"], lang["heldout_question_accuracy"], lang["caption_nll"], lin, lin_by_attr, majority,
                              cka, cka_parts)
         for name, value in result.metrics().items():
             if not math.isfinite(value):

@@ -97,8 +97,14 @@ def test_heldout_split_new_scenes_and_new_questions(dataset):
     assert not any(names_heldout_combo(s.question) for s in train)
     assert not any(s.heldout_question for s in train)
     assert any(names_heldout_combo(s.caption) for s in train)
+    # Odd held-out scenes are compositional: their naming questions all name a held-out combination; even
+    # held-out scenes ask the training forms (never naming one), so both kinds are measured on new scenes.
     naming = [s for s in heldout if s.question_type in vqa.NAMING_TYPES]
-    assert naming and all(s.heldout_question and names_heldout_combo(s.question) for s in naming)
+    compositional = [s for s in naming if s.scene_id % 2 == 1]
+    seen_forms = [s for s in naming if s.scene_id % 2 == 0]
+    assert compositional and all(s.heldout_question and names_heldout_combo(s.question) for s in compositional)
+    assert seen_forms and not any(s.heldout_question or names_heldout_combo(s.question) for s in seen_forms)
+    assert all(vqa.is_compositional("heldout", s.scene_id) == s.heldout_question for s in naming)
     assert not any(s.heldout_question for s in heldout if s.question_type not in vqa.NAMING_TYPES)
 
 
@@ -120,6 +126,9 @@ def test_labels_match_the_pixels(dataset):
             asked = next(o for o in objects if f"the {o['colour']} object" in shape_q.question)
             assert shape_q.answer == asked["shape"]
             assert answers["count"].answer == vqa.COUNT_WORDS[len(objects) - vqa.MIN_OBJECTS]
+            side_q = answers["left_right"]  # which half of the image the named object's pixels are in
+            named = next(o for o in objects if f"the {o['colour']} {o['shape']} " in side_q.question)
+            assert side_q.answer == ("left" if named["x"] < SIZE / 2 else "right")
 
 
 def test_ensure_is_idempotent_and_regenerates(tmp_path):

@@ -149,3 +149,38 @@ def test_cancelled_job_is_resubmitted_and_resumes(tmp_path, fake_scripts):
     assert trainer_calls[1][-2:] == ["--resume", "True"]  # the resubmitted job continued from the checkpoint
     assert json.loads((run_dir / "TRAINING_DONE.json").read_text())["checkpoint"].endswith(f"{CRAFT}--2_chkpt")
 
+
+
+def test_time_limit_signal_saves_and_resubmitted_job_resumes(tmp_path, fake_scripts):
+    """--slurm_signal_lead on the real scheduler: SLURM signals the training job before its time limit, the trainer
+    (asked to --save_on_sigterm) saves and exits, the driver resubmits the job and it resumes from that save."""
+    out = tmp_path / "out"
+    argv_log = tmp_path / "argv.jsonl"
+    # 2-minute limit (SLURM's unit is the minute), signal 45 s before it: the controller checks time limits
+    # periodically, so the signal comes somewhere in the last ~45-75 s, long before the fake's 300 s sleep ends.
+    env = {"FAKE_TRAIN_SLEEP": "300", "FAKE_ARGV_LOG": str(argv_log)}
+    limits = ("--variants", "craft", "--slurm_time", "00:02:00", "--slurm_signal_lead", "45")
+    first = _drive(out, fake_scripts, *limits, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = out / "runs" / CRAFT
+    assert "#SBATCH --signal=B:TERM@45\n" in (run_dir / "slurm" / "train.sbatch").read_text()
+    train, evaluation = _submissions(out, CRAFT)
+    _wait_until(lambda: not {train["job_id"], evaluation["job_id"]} & _queue_ids(), 240,
+                "the signalled training job to leave the queue")
+    saved = run_dir / "train" / f"{CRAFT}--1_chkpt" / "SAVED_ON_SIGTERM"
+    assert saved.is_file(), "the trainer was not signalled before the time limit (no save on SIGTERM)"
+    job_log = next((run_dir / "slurm").glob(f"train-{train['job_id']}.out")).read_text()
+    assert "stopped by" in job_log and "SIGTERM" in job_log, job_log
+    # it stopped itself after the signal, before the limit: the scheduler did not have to kill it
+    assert Cluster().final_state(train["job_id"]) in ("FAILED", None)
+    _wait_until(lambda: not (run_dir / ".lock").exists(), 30, "the signalled job to release its lock")
+
+    retry = _drive(out, fake_scripts, *limits, "--wait", env=env)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    assert _status(out) == {CRAFT: "DONE"}
+    assert "previous attempt: job" in retry.stdout
+    trainer_calls = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    assert len(trainer_calls) == 2
+    assert trainer_calls[0][-2:] == ["--save_on_sigterm", "True"] and "--resume" not in trainer_calls[0]
+    assert trainer_calls[1][-4:] == ["--save_on_sigterm", "True", "--resume", "True"]
+    assert json.loads((run_dir / "TRAINING_DONE.json").read_text())["checkpoint"].endswith(f"{CRAFT}--2_chkpt")

@@ -89,6 +89,10 @@ def test_evaluate_vqa_matches_reference_argmax(data_root, tokenizer):
                   for a in vqa.ANSWERS[s.question_type]]
         correct.append(vqa.ANSWERS[s.question_type][max(range(len(scores)), key=scores.__getitem__)] == s.answer)
     assert result["vqa_accuracy"] == pytest.approx(sum(correct) / len(correct))
+    # scene 0 asks the seen question forms, scene 1 (compositional) names a held-out combination: scored apart
+    for key, flag in (("seen_question_accuracy", False), ("heldout_question_accuracy", True)):
+        part = [ok for ok, s in zip(correct, samples) if s.heldout_question == flag]
+        assert part and result[key] == pytest.approx(sum(part) / len(part)), key
     assert result["chance_accuracy"] == pytest.approx(
         sum(1 / len(vqa.ANSWERS[s.question_type]) for s in samples) / len(samples))
     first = {s.scene_id: s for s in reversed(samples)}  # one caption per scene

@@ -1,7 +1,7 @@
 """The real VLA-Adapter-Pro model, random weights: one baseline and one CRaFT train_step, side by side.
 
     python benchmarks/bench_real_size.py                          # real size, fp32 and bf16 autocast
-    python benchmarks/bench_real_size.py --precisions fp32        # fp32 only (~17 GB RAM, ~2 x 100 s per step on CPU)
+    python benchmarks/bench_real_size.py --precisions fp32        # fp32 only (~16 GB RAM; 26 s + 40 s per step on 2 idle cores)
     python benchmarks/bench_real_size.py --preset mid --precisions fp32 bf16   # same code path, small
 
 No --vlm_path: the model is built from the preset's config (1.565 B parameters at real size) with random

@@ -386,8 +386,8 @@ class RetentionProbe:
             cka = linear_cka(torch.cat([self.reference["raw"], self.reference["aq"]], dim=1),
                              torch.cat([heldout["raw"], heldout["aq"]], dim=1))
         result = ProbeResult(lang["vqa_accuracy"], lang["vqa_accuracy_by_type"], lang["chance_accuracy"],
-                             lang["seen_question_accuracy"], lang["heldout_question_accuracy"], lang["caption_nll"], lin, lin_by_attr, majority,
-                             cka, cka_parts)
+                             lang["seen_question_accuracy"], lang["heldout_question_accuracy"], lang["caption_nll"],
+                             lin, lin_by_attr, majority, cka, cka_parts)
         for name, value in result.metrics().items():
             if not math.isfinite(value):
                 raise FloatingPointError(f"retention probe: {name} is {value} (the model's outputs are not finite)")

@@ -150,7 +150,6 @@ def test_cancelled_job_is_resubmitted_and_resumes(tmp_path, fake_scripts):
     assert json.loads((run_dir / "TRAINING_DONE.json").read_text())["checkpoint"].endswith(f"{CRAFT}--2_chkpt")
 
 
-
 def test_time_limit_signal_saves_and_resubmitted_job_resumes(tmp_path, fake_scripts):
     """--slurm_signal_lead on the real scheduler: SLURM signals the training job before its time limit, the trainer
     (asked to --save_on_sigterm) saves and exits, the driver resubmits the job and it resumes from that save."""

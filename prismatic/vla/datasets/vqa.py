@@ -219,22 +219,21 @@ def _attributes(objects: list[dict], eef: np.ndarray) -> dict[str, int]:
 def _questions(rng: np.random.Generator, objects: list[dict], eef: np.ndarray,
                compositional: bool) -> list[tuple[str, str, str, bool]]:
     """(question_type, question, answer, heldout_question) for every type in QUESTION_TYPES."""
-    heldout = compositional
     # Objects a naming question may pick first: the held-out object (compositional scene) or any nameable one.
     nameable = [o for o in objects if not _is_heldout(o)]
-    firsts = [objects[0]] if heldout else nameable
+    firsts = [objects[0]] if compositional else nameable
     out = []
     by_x = sorted(objects, key=lambda o: o["xy"][0])
     end = "leftmost" if rng.random() < 0.5 else "rightmost"
     pick = by_x[0] if end == "leftmost" else by_x[-1]
     out.append(("colour", f"what colour is the {end} object?", pick["colour"], False))
-    pick = objects[0] if heldout else objects[int(rng.integers(len(objects)))]
+    pick = objects[0] if compositional else objects[int(rng.integers(len(objects)))]
     out.append(("shape", f"what shape is the {pick['colour']} object?", pick["shape"], False))
     out.append(("count", "how many objects are on the table?", COUNT_WORDS[len(objects) - MIN_OBJECTS], False))
 
     def pair() -> tuple[dict, dict]:
         a = firsts[int(rng.integers(len(firsts)))]
-        others = [o for o in (objects if heldout else nameable) if o is not a]
+        others = [o for o in (objects if compositional else nameable) if o is not a]
         b = others[int(rng.integers(len(others)))]
         return (a, b) if rng.random() < 0.5 else (b, a)  # the held-out object is named first or second
 
@@ -242,18 +241,19 @@ def _questions(rng: np.random.Generator, objects: list[dict], eef: np.ndarray,
     # scenes after 8000 steps at the tiny size: two bindings and a comparison; this one needs one binding).
     a = firsts[int(rng.integers(len(firsts)))]
     answer = "left" if a["xy"][0] < 0 else "right"
-    out.append(("left_right", f"is the {_name(a)} on the left or the right side of the table?", answer, heldout))
+    out.append(("left_right", f"is the {_name(a)} on the left or the right side of the table?", answer,
+                compositional))
     a, b = pair()
     nearer = np.linalg.norm(a["xy"] - eef[:2]) < np.linalg.norm(b["xy"] - eef[:2])
     out.append(("nearer_gripper", f"is the {_name(a)} nearer the gripper than the {_name(b)}?",
-                "yes" if nearer else "no", heldout))
+                "yes" if nearer else "no", compositional))
     present = {(o["colour"], o["shape"]) for o in objects}
     if rng.random() < 0.5:
-        target = (objects[0]["colour"], objects[0]["shape"]) if heldout else \
+        target = (objects[0]["colour"], objects[0]["shape"]) if compositional else \
             (lambda o: (o["colour"], o["shape"]))(nameable[int(rng.integers(len(nameable)))])
         answer = "yes"
     else:
-        pool = list(HELDOUT_COMBINATIONS) if heldout else \
+        pool = list(HELDOUT_COMBINATIONS) if compositional else \
             [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBINATIONS]
         absent = [combo for combo in pool if combo not in present]
         # Half of the negatives are hard: a colour that is in the scene, with the other shape.
@@ -261,7 +261,7 @@ def _questions(rng: np.random.Generator, objects: list[dict], eef: np.ndarray,
         choices = hard if hard and rng.random() < 0.5 else absent
         target, answer = choices[int(rng.integers(len(choices)))], "no"
     out.append(("instruction", f"does the instruction 'pick up the {target[0]} {target[1]}' fit this scene?",
-                answer, heldout))
+                answer, compositional))
     return out
 
 
